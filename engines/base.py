@@ -1,0 +1,155 @@
+"""Protocols for the models behind glore: roles, generation, step/outcome scoring, health.
+
+Everything above `engines/` (service, training) talks to models only through these types, so the
+transformers and vLLM backends are interchangeable and a typed fake can stand in for tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, Protocol, runtime_checkable
+
+
+class Role(StrEnum):
+    """The five models of GLoRe. Used for settings, metric labels, run directories and recipes."""
+
+    POLICY = "policy"
+    ORM = "orm"
+    SORM = "sorm"
+    REFINE_GLOBAL = "refine_global"
+    REFINE_LOCAL = "refine_local"
+
+    @property
+    def is_scorer(self) -> bool:
+        return self in (Role.ORM, Role.SORM)
+
+
+class Backend(StrEnum):
+    HF = "hf"
+    VLLM = "vllm"
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. temperature 0 means greedy; `seed` makes sampling reproducible."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("n must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation of a prompt (the prompt itself is not included)."""
+
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A solution to score: the question and the solution's steps (see engines.text)."""
+
+    question: str
+    steps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """A reward model's reading of one solution.
+
+    step_probs[i] is P(correct | steps[: i + 1]) read at the i-th step tag; outcome_prob is the
+    reading at the last step tag (the ORM's answer to "is this solution right?").
+    """
+
+    step_probs: tuple[float, ...]
+
+    @property
+    def outcome_prob(self) -> float:
+        return self.step_probs[-1]
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    healthy: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every loaded model offers, whatever it does."""
+
+    name: str
+
+    def health(self) -> EngineHealth: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Generator(Engine, Protocol):
+    """A causal LM: the policy and the refiners."""
+
+    async def generate(
+        self, prompts: Sequence[str], params: SamplingParams
+    ) -> list[list[Completion]]:
+        """n completions per prompt, in prompt order. Cancelling the awaiting task stops work."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Engine, Protocol):
+    """A reward model (ORM or SORM): every step of a solution scored in one forward pass."""
+
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[StepScores]:
+        """One StepScores per request, in order; requests are batched together."""
+        ...
+
+
+# STYLE.md names a step scorer and an outcome scorer; both read the same per-step-tag head, so
+# one protocol serves both and the names stay as aliases for readers of the paper.
+StepScorer = Scorer
+OutcomeScorer = Scorer
+
+
+class EngineError(RuntimeError):
+    """A model could not serve a call (dead process, out of memory, bad checkpoint, ...)."""
+
+    def __init__(self, message: str, *, role: str | None = None, path: str | None = None):
+        self.role = role
+        self.path = path
+        where = ", ".join(f"{k}={v}" for k, v in (("role", role), ("path", path)) if v)
+        super().__init__(f"{message} ({where})" if where else message)
+
+
+class EngineLoadError(EngineError):
+    """A checkpoint failed to load. The message names the role and the path."""
+
+
+@dataclass
+class EngineSpec:
+    """Where a role's model lives and which backend serves it."""
+
+    path: str
+    backend: Backend = Backend.HF
+    # Backend options (device, dtype, max_batch_size, tensor_parallel_size, ...); see each backend.
+    options: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,3 @@
+from glore.cli import main
+
+raise SystemExit(main())
