@@ -1,0 +1,1 @@
+"""glore test suite."""
