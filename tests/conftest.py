@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Suite-wide fixtures (tiny trained checkpoints, ...), shared by every tier.
+pytest_plugins = ["tests.support.fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
