@@ -29,8 +29,10 @@ _ANSWER = "Answer:"
 _DRAFT = "Draft:"
 _REFINED = "Refined:"
 
-_ANSWER_RE = re.compile(r"The answer is\s*:?\s*([-+−]?\s*\$?\s*[-+−]?[\d.,]*\d[\d.,]*)", re.IGNORECASE)
-_GSM8K_RE = re.compile(r"####\s*([-+−]?\s*\$?\s*[-+−]?[\d.,]*\d[\d.,]*)")
+_ANSWER_RE = re.compile(
+    r"The answer is\s*:?\s*([-+−]?\s*\$?\s*[-+−]?[\d.,]*\d[\d.,]*)", re.IGNORECASE | re.ASCII
+)
+_GSM8K_RE = re.compile(r"####\s*([-+−]?\s*\$?\s*[-+−]?[\d.,]*\d[\d.,]*)", re.ASCII)
 _CONTROL = {"Cc", "Cf", "Cs", "Co", "Cn"}
 
 
@@ -70,7 +72,7 @@ def normalize_number(text: str) -> str | None:
     sign = ""
     if s[0] in "+-":
         sign, s = ("-" if s[0] == "-" else ""), s[1:]
-    if not re.fullmatch(r"\d+(\.\d+)?|\.\d+", s):
+    if not re.fullmatch(r"\d+(\.\d+)?|\.\d+", s, re.ASCII):
         return None
     try:
         value = Decimal(sign + s)
