@@ -79,10 +79,8 @@ def normalize_number(text: str) -> str | None:
     except InvalidOperation:
         return None
     if value == value.to_integral_value():
-        out = str(int(value))
-    else:
-        out = format(value.normalize(), "f")
-    return "0" if out == "-0" else out
+        return str(int(value))  # int() also folds "-0" into "0"
+    return format(value.normalize(), "f")
 
 
 def extract_answer(text: str) -> str | None:
