@@ -1,0 +1,144 @@
+"""The strategies, one signature each, looked up by name; the service and the evaluation both
+call them, so online answers and offline numbers come from the same code."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+
+from engines.base import Role
+from service.pipeline.decide import decide
+from service.pipeline.draft import draft_solution, sample_solutions
+from service.pipeline.refine import refine
+from service.pipeline.rerank import pick, rerank
+from service.pipeline.score import score
+from service.pipeline.types import (
+    Action,
+    CandidateKind,
+    Engines,
+    PipelineConfig,
+    Plan,
+    Reason,
+    Solution,
+    Stage,
+    StrategyName,
+    count_tokens,
+    timed,
+)
+
+Strategy = Callable[[str, Engines, PipelineConfig], Awaitable[Solution]]
+
+STRATEGIES: dict[StrategyName, Strategy] = {}
+
+# Which roles each strategy calls: the service checks they are loaded, the evaluation can load
+# only those.
+REQUIRED_ROLES: dict[StrategyName, frozenset[Role]] = {
+    StrategyName.GREEDY: frozenset({Role.POLICY, Role.ORM}),
+    StrategyName.BEST_OF_N: frozenset({Role.POLICY, Role.ORM}),
+    StrategyName.GLORE: frozenset(Role),
+    StrategyName.GLOBAL_ONLY: frozenset({Role.POLICY, Role.ORM, Role.REFINE_GLOBAL}),
+    StrategyName.LOCAL_ONLY: frozenset({Role.POLICY, Role.ORM, Role.SORM, Role.REFINE_LOCAL}),
+}
+
+
+def register(name: StrategyName) -> Callable[[Strategy], Strategy]:
+    def wrap(fn: Strategy) -> Strategy:
+        STRATEGIES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_strategy(name: str | StrategyName) -> Strategy:
+    """The strategy called `name`; a ValueError lists the known ones."""
+    try:
+        return STRATEGIES[StrategyName(name)]
+    except ValueError:
+        known = ", ".join(s.value for s in STRATEGIES)
+        raise ValueError(f"unknown strategy {name!r}; known: {known}") from None
+
+
+async def solve(
+    question: str, engines: Engines, cfg: PipelineConfig, strategy: str | StrategyName
+) -> Solution:
+    return await get_strategy(strategy)(question, engines, cfg)
+
+
+@register(StrategyName.GREEDY)
+async def greedy(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
+    """The policy's greedy draft, as is (the ORM score is reported, not acted on)."""
+    timings: dict[Stage, float] = {}
+    with timed(timings, Stage.DRAFT):
+        draft = await draft_solution(question, engines.policy, cfg)
+    with timed(timings, Stage.SCORE):
+        scored = await score(question, [draft], engines.orm)
+    solution = Solution(
+        StrategyName.GREEDY, scored[0], scored, Plan(Action.KEEP, Reason.NO_REFINEMENT), timings
+    )
+    count_tokens(solution.tokens, [draft])
+    return solution
+
+
+@register(StrategyName.BEST_OF_N)
+async def best_of_n(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
+    """The paper's baseline: n samples from the policy, reranked by the ORM."""
+    timings: dict[Stage, float] = {}
+    with timed(timings, Stage.SAMPLE):
+        samples = await sample_solutions(question, engines.policy, cfg)
+    with timed(timings, Stage.RERANK):
+        scored = await score(question, samples, engines.orm)
+        winner = pick(scored)
+    solution = Solution(
+        StrategyName.BEST_OF_N, winner, scored, Plan(Action.KEEP, Reason.NO_REFINEMENT), timings
+    )
+    count_tokens(solution.tokens, samples)
+    return solution
+
+
+async def _draft_and_refine(
+    name: StrategyName,
+    kinds: Collection[CandidateKind],
+    question: str,
+    engines: Engines,
+    cfg: PipelineConfig,
+) -> Solution:
+    """Draft, score, decide, refine, rerank: the paper's figure, top to bottom."""
+    timings: dict[Stage, float] = {}
+    # The SORM only matters where a local critique must be placed.
+    sorm = engines.sorm if CandidateKind.LOCAL in kinds else None
+    with timed(timings, Stage.DRAFT):
+        draft = await draft_solution(question, engines.policy, cfg)
+    with timed(timings, Stage.SCORE):
+        scored_draft = await score(question, [draft], engines.orm, sorm)
+    with timed(timings, Stage.DECIDE):
+        plan = decide(scored_draft[0], cfg)
+    with timed(timings, Stage.REFINE):
+        refinements = await refine(question, draft, plan, engines, cfg, kinds)
+    with timed(timings, Stage.RERANK):
+        winner, candidates = await rerank(question, scored_draft, refinements, engines.orm)
+    solution = Solution(name, winner, candidates, plan, timings)
+    count_tokens(solution.tokens, [draft, *refinements])
+    return solution
+
+
+@register(StrategyName.GLORE)
+async def glore(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
+    """GLoRe: an ORM-gated draft, refined globally and locally, reranked by the ORM."""
+    return await _draft_and_refine(
+        StrategyName.GLORE, (CandidateKind.GLOBAL, CandidateKind.LOCAL), question, engines, cfg
+    )
+
+
+@register(StrategyName.GLOBAL_ONLY)
+async def global_only(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
+    """The ablation with the global refiner alone: rerank {draft, global}."""
+    return await _draft_and_refine(
+        StrategyName.GLOBAL_ONLY, (CandidateKind.GLOBAL,), question, engines, cfg
+    )
+
+
+@register(StrategyName.LOCAL_ONLY)
+async def local_only(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
+    """The ablation with the SORM-placed local refiner alone: rerank {draft, local}."""
+    return await _draft_and_refine(
+        StrategyName.LOCAL_ONLY, (CandidateKind.LOCAL,), question, engines, cfg
+    )
