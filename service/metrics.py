@@ -1,0 +1,96 @@
+"""Every Prometheus metric of the service, in one place, on one registry per app.
+
+Names follow the Prometheus guide: a `glore_` prefix, base units, `_seconds` / `_total`, and small
+fixed label sets (never a request id or a question).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from engines.base import Role
+from service.pipeline import Solution
+
+# Requests take from milliseconds (cheap routes) to minutes (a long refinement on a big model).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """The service's metrics, registered on their own registry (so two apps in one test process
+    do not collide)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_duration = Histogram(
+            "glore_request_duration_seconds",
+            "Time from a request's arrival to its response, by route, method and status code.",
+            ["route", "method", "status"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "glore_stage_duration_seconds",
+            "Time spent in each pipeline stage (draft, sample, score, decide, refine, rerank).",
+            ["strategy", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.solves = Counter(
+            "glore_solves_total",
+            "Solves completed, by strategy.",
+            ["strategy"],
+            registry=r,
+        )
+        self.refine_decisions = Counter(
+            "glore_refine_decisions_total",
+            "Decisions on drafts: keep or refine, and why.",
+            ["strategy", "decision", "reason"],
+            registry=r,
+        )
+        self.winners = Counter(
+            "glore_winner_total",
+            "The candidate the ORM chose, by kind (draft, global, local, sample).",
+            ["strategy", "kind"],
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            "glore_generated_tokens_total",
+            "Tokens generated, by the role that generated them.",
+            ["role"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "glore_in_flight_requests",
+            "Solve requests admitted and not yet answered.",
+            registry=r,
+        )
+        self.errors = Counter(
+            "glore_errors_total",
+            "Error responses, by error type (the `code` of the error body).",
+            ["type"],
+            registry=r,
+        )
+        self.engine_ready = Gauge(
+            "glore_engine_ready",
+            "1 when the role's model is loaded and healthy, else 0.",
+            ["role"],
+            registry=r,
+        )
+        for role in Role:
+            self.engine_ready.labels(role=role.value).set(0)
+
+    def observe_solution(self, solution: Solution) -> None:
+        strategy = solution.strategy.value
+        for stage, seconds in solution.timings.items():
+            self.stage_duration.labels(strategy=strategy, stage=stage.value).observe(seconds)
+        self.solves.labels(strategy=strategy).inc()
+        self.refine_decisions.labels(
+            strategy=strategy,
+            decision=solution.plan.action.value,
+            reason=solution.plan.reason.value,
+        ).inc()
+        self.winners.labels(strategy=strategy, kind=solution.winner.candidate.kind.value).inc()
+        for role, tokens in solution.tokens.items():
+            self.generated_tokens.labels(role=role.value).inc(tokens)

@@ -1,0 +1,137 @@
+"""One settings class for the service, read from the environment (prefix GLORE_, nesting `__`).
+
+Examples: GLORE_RUN_DIR=runs/tiny, GLORE_POLICY__BACKEND=vllm,
+GLORE_POLICY__OPTIONS='{"dtype": "bfloat16"}', GLORE_LIMITS__MAX_IN_FLIGHT=16,
+GLORE_DEFAULTS__ORM_THRESHOLD=0.6, GLORE_API_KEYS=key-one,key-two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from engines.base import Backend, EngineSpec, Role
+from service.pipeline import RefineMode, StrategyName
+
+
+class RoleSettings(BaseModel):
+    """Where one role's model lives and which backend serves it."""
+
+    path: Path | None = Field(
+        default=None, description="Checkpoint directory; default RUN_DIR/<role>."
+    )
+    backend: Backend = Backend.HF
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Backend options (device, dtype, max_batch_size, ...), passed to the engine.",
+    )
+
+
+class Limits(BaseModel):
+    """What one request may ask for, and how much the server takes on at once."""
+
+    max_in_flight: int = Field(
+        default=8, ge=1, description="Solves at once; beyond: 429 + Retry-After."
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="The Retry-After of a 429 or 503.")
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="Per-solve time limit; then 504."
+    )
+    max_body_bytes: int = Field(default=65536, ge=256, description="Larger bodies get 413.")
+    max_question_chars: int = Field(default=4000, ge=1, description="Longer questions get 422.")
+    max_new_tokens: int = Field(
+        default=1024, ge=1, description="Upper bound on a request's max_new_tokens."
+    )
+    max_n: int = Field(default=16, ge=1, description="Upper bound on best_of_n's n.")
+
+
+class Defaults(BaseModel):
+    """What a request gets when it does not say."""
+
+    strategy: StrategyName = StrategyName.GLORE
+    refine: RefineMode = RefineMode.AUTO
+    orm_threshold: float = Field(default=0.5, ge=0, le=1)
+    sorm_threshold: float = Field(default=0.5, ge=0, le=1)
+    max_new_tokens: int = Field(default=256, ge=1)
+    n: int = Field(default=4, ge=1)
+    sample_temperature: float = Field(
+        default=0.7, ge=0, description="best_of_n's default temperature."
+    )
+
+
+class Settings(BaseSettings):
+    """The service's whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GLORE_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    run_dir: Path | None = Field(
+        default=None, description="A run directory with one folder per role."
+    )
+    policy: RoleSettings = Field(default_factory=RoleSettings)
+    orm: RoleSettings = Field(default_factory=RoleSettings)
+    sorm: RoleSettings = Field(default_factory=RoleSettings)
+    refine_global: RoleSettings = Field(default_factory=RoleSettings)
+    refine_local: RoleSettings = Field(default_factory=RoleSettings)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    model_name: str = Field(
+        default="glore", description="The `model` the OpenAI-compatible API reports."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys (comma-separated or a JSON list); empty: no auth.",
+    )
+    limits: Limits = Field(default_factory=Limits)
+    defaults: Defaults = Field(default_factory=Defaults)
+
+    log_level: str = "INFO"
+    log_json: bool = True
+    # After SIGTERM: keep answering (ready=503, new solves refused) at least this long, so load
+    # balancers see the readiness change, and wait at most `shutdown_timeout_s` for in-flight
+    # solves before closing.
+    shutdown_delay_s: float = Field(default=0.0, ge=0)
+    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [k.strip() for k in text.split(",") if k.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL: {value}")
+        return level
+
+    def role(self, role: Role) -> RoleSettings:
+        settings: RoleSettings = getattr(self, role.value)
+        return settings
+
+    def engine_specs(self) -> dict[Role, EngineSpec]:
+        """One EngineSpec per role; a ValueError names a role with no path and no run dir."""
+        specs: dict[Role, EngineSpec] = {}
+        for role in Role:
+            rs = self.role(role)
+            path = rs.path or (self.run_dir / role.value if self.run_dir else None)
+            if path is None:
+                raise ValueError(
+                    f"no checkpoint for role {role.value}: set GLORE_RUN_DIR "
+                    f"or GLORE_{role.value.upper()}__PATH"
+                )
+            specs[role] = EngineSpec(path=str(path), backend=rs.backend, options=dict(rs.options))
+        return specs
