@@ -1,0 +1,1 @@
+"""Evaluation of a trained run: the paper's tables at tiny scale, with exact step labels."""

@@ -1,0 +1,197 @@
+"""Evaluation metrics: step-level error detection, refine decisions, fix/break rates, bootstrap.
+
+Pure functions over plain lists, so each number in a report can be pinned by a hand-built test.
+A step "label" is True when the solution is still on track after that step (the prefix can
+still reach the right answer): the exact `prefix_ok` of the task's checker, or a V* label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def first_below(scores: Sequence[float], threshold: float) -> int | None:
+    """Index of the first step whose score is below `threshold` (a predicted first error)."""
+    return next((i for i, s in enumerate(scores) if s < threshold), None)
+
+
+def first_false(labels: Sequence[bool]) -> int | None:
+    """Index of the first step labelled off track (the true first error)."""
+    return next((i for i, ok in enumerate(labels) if not ok), None)
+
+
+def _check_aligned(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]]) -> None:
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} score lists for {len(labels)} label lists")
+    for i, (s, y) in enumerate(zip(scores, labels, strict=True)):
+        if len(s) != len(y):
+            raise ValueError(f"solution {i}: {len(s)} step scores for {len(y)} step labels")
+
+
+def step_accuracy(
+    scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]], threshold: float = 0.5
+) -> float:
+    """Share of all steps (pooled over solutions) whose thresholded score matches its label."""
+    _check_aligned(scores, labels)
+    hits = total = 0
+    for s, y in zip(scores, labels, strict=True):
+        for score, ok in zip(s, y, strict=True):
+            hits += (score >= threshold) == ok
+            total += 1
+    if total == 0:
+        raise ValueError("no steps to score")
+    return hits / total
+
+
+def step_accuracy_by_index(
+    scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]], threshold: float = 0.5
+) -> list[tuple[int, float, int]]:
+    """(step index, accuracy, count) for every step index that occurs."""
+    _check_aligned(scores, labels)
+    hits: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    for s, y in zip(scores, labels, strict=True):
+        for i, (score, ok) in enumerate(zip(s, y, strict=True)):
+            hits[i] = hits.get(i, 0) + ((score >= threshold) == ok)
+            counts[i] = counts.get(i, 0) + 1
+    return [(i, hits[i] / counts[i], counts[i]) for i in sorted(counts)]
+
+
+def first_error_accuracy(
+    scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]], threshold: float = 0.5
+) -> float:
+    """Share of solutions whose first step below threshold is exactly the first wrong step.
+
+    A solution with no wrong step counts as a hit when no step is flagged either.
+    """
+    _check_aligned(scores, labels)
+    if not scores:
+        raise ValueError("no solutions")
+    hits = sum(
+        first_below(s, threshold) == first_false(y) for s, y in zip(scores, labels, strict=True)
+    )
+    return hits / len(scores)
+
+
+def best_threshold(
+    scores: Sequence[Sequence[float]],
+    labels: Sequence[Sequence[bool]],
+    grid: Sequence[float] | None = None,
+) -> float:
+    """The threshold with the highest step accuracy (ties: the one closest to 0.5)."""
+    candidates = list(grid) if grid is not None else [i / 100 for i in range(1, 100)]
+    return max(candidates, key=lambda t: (step_accuracy(scores, labels, t), -abs(t - 0.5)))
+
+
+def outcome_accuracy(
+    scores: Sequence[float], correct: Sequence[bool], threshold: float = 0.5
+) -> float:
+    """Share of solutions whose final-step score, thresholded, matches final correctness."""
+    if len(scores) != len(correct) or not scores:
+        raise ValueError("scores and correctness must be non-empty and of one length")
+    return sum((s >= threshold) == c for s, c in zip(scores, correct, strict=True)) / len(scores)
+
+
+def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties half."""
+    pos = [s for s, p in zip(scores, positive, strict=True) if p]
+    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
+    if not pos or not neg:
+        raise ValueError("ROC-AUC needs at least one positive and one negative")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+@dataclass(frozen=True)
+class PRPoint:
+    threshold: float
+    precision: float
+    recall: float
+    flagged: int
+
+
+def flag_incorrect_pr_curve(
+    orm_scores: Sequence[float], correct: Sequence[bool], thresholds: Sequence[float]
+) -> list[PRPoint]:
+    """Precision and recall of "refine this draft" (ORM score < threshold) at finding wrong ones.
+
+    Precision with nothing flagged is taken as 1 (no false alarms), the usual convention.
+    """
+    wrong_total = sum(not c for c in correct)
+    points = []
+    for t in thresholds:
+        flagged = [not c for s, c in zip(orm_scores, correct, strict=True) if s < t]
+        tp = sum(flagged)
+        precision = tp / len(flagged) if flagged else 1.0
+        recall = tp / wrong_total if wrong_total else 0.0
+        points.append(PRPoint(t, precision, recall, len(flagged)))
+    return points
+
+
+@dataclass(frozen=True)
+class FixBreak:
+    """How a method changes outcomes relative to the draft."""
+
+    fix_rate: float | None  # wrong draft -> right; None when no draft was wrong
+    break_rate: float | None  # right draft -> wrong; None when no draft was right
+    fixed: int
+    broken: int
+    wrong_drafts: int
+    right_drafts: int
+
+
+def fix_break(draft_correct: Sequence[bool], after_correct: Sequence[bool]) -> FixBreak:
+    if len(draft_correct) != len(after_correct):
+        raise ValueError("draft and refined outcomes must be of one length")
+    pairs = list(zip(draft_correct, after_correct, strict=True))
+    wrong = sum(not d for d, _ in pairs)
+    right = len(pairs) - wrong
+    fixed = sum(not d and a for d, a in pairs)
+    broken = sum(d and not a for d, a in pairs)
+    return FixBreak(
+        fix_rate=fixed / wrong if wrong else None,
+        break_rate=broken / right if right else None,
+        fixed=fixed,
+        broken=broken,
+        wrong_drafts=wrong,
+        right_drafts=right,
+    )
+
+
+def bootstrap_ci(
+    values: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean (95% by default)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("bootstrap of an empty sample")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (n_boot, n)
+    means = x[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def paired_bootstrap_pvalue(
+    a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0
+) -> float:
+    """Two-sided p-value that mean(a) and mean(b) differ, from paired resampling.
+
+    Resamples questions (keeping each question's pair together) and asks how often the resampled
+    difference lands at least as far from the observed one as the observed one is from zero:
+    the bootstrap distribution shifted to the null (Koehn, 2004; Berg-Kirkpatrick et al., 2012).
+    The smallest value it returns is 1 / (n_boot + 1), never 0.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError("paired samples must be non-empty and of one length")
+    d = x - y
+    observed = d.mean()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, d.size, size=(n_boot, d.size))
+    resampled = d[idx].mean(axis=1)
+    extreme = np.sum(np.abs(resampled - observed) >= abs(observed) - 1e-12)
+    return float((extreme + 1) / (n_boot + 1))
