@@ -1,0 +1,36 @@
+"""GET /health (liveness) and GET /ready (503 until every role is loaded and healthy)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from service.errors import ErrorCode, responses
+from service.schemas import Health, Ready, RoleStatus
+from service.state import ServiceState, get_state
+
+router = APIRouter(tags=["probes"])
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+async def health() -> Health:
+    return Health()
+
+
+@router.get(
+    "/ready",
+    response_model=Ready,
+    responses=responses(ErrorCode.NOT_READY, ErrorCode.SHUTTING_DOWN),
+    summary="Readiness: every role loaded and healthy, and not shutting down",
+)
+async def ready(state: StateDep) -> Ready:
+    state.check_ready()
+    return Ready(
+        roles={
+            role.value: RoleStatus(healthy=ok, detail=detail)
+            for role, (ok, detail) in state.role_status().items()
+        }
+    )

@@ -1,0 +1,243 @@
+"""The app factory: settings, lifespan (engines loaded in the background), middleware, error
+handlers, routers, /metrics and graceful SIGTERM. No model is loaded at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import FrameType
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from engines.base import EngineSpec, Role
+from routers import health, solve
+from service.errors import ErrorCode, ErrorDetail, ServiceError
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.middleware import (
+    PUBLIC_PATHS,
+    AdmissionMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+)
+from service.pipeline import ServedEngines
+from service.settings import Settings
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = """
+GLoRe (Havrilla et al., 2024) as a service: a policy drafts a solution, an outcome reward model
+(ORM) and a stepwise one (SORM) score every step, and when the ORM doubts the draft, a global
+refiner (a new solution) and a local refiner (restarting at the first step the SORM flags) write
+refinements concurrently; the ORM reranks them all.
+
+Every error answers with one body, `{"error": {"code", "message", "request_id", "details"}}`,
+and the request id is echoed in `X-Request-Id`. When API keys are configured, every route but
+`/health` and `/ready` needs `Authorization: Bearer <key>`.
+"""
+
+_HTTP_CODES = {
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    422: ErrorCode.VALIDATION_ERROR,
+}
+
+
+def create_app(settings: Settings | None = None, engines: ServedEngines | None = None) -> FastAPI:
+    """The glore app. `engines`, when given, are used as they are (and not closed by the app);
+    otherwise the roles in `settings` are loaded in the background after startup, and /ready
+    says 503 until they are."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    # Fail at once on a configuration that names no checkpoints, not later in the background.
+    specs = None if engines is not None else settings.engine_specs()
+    state = ServiceState(settings=settings, metrics=Metrics())
+    state.idle.set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader: asyncio.Task[None] | None = None
+        if engines is not None:
+            state.engines = engines
+            state.role_status()
+        else:
+            assert specs is not None
+            loader = asyncio.create_task(_load(state, specs))
+        restore = _install_sigterm(state)
+        try:
+            yield
+        finally:
+            restore()
+            if loader is not None:
+                loader.cancel()
+                with contextlib.suppress(BaseException):
+                    await loader
+                if state.engines is not None:
+                    await state.engines.close()
+
+    app = FastAPI(
+        title="glore",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.glore = state
+    # Added innermost first: a request meets the request id, then auth, then the body limit,
+    # then admission control.
+    app.add_middleware(AdmissionMiddleware, state=state)
+    app.add_middleware(BodyLimitMiddleware, state=state)
+    app.add_middleware(ApiKeyMiddleware, state=state)
+    app.add_middleware(RequestContextMiddleware, state=state)
+    _add_error_handlers(app, state)
+    app.include_router(solve.router)
+    app.include_router(health.router)
+
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+    )
+    async def metrics() -> Response:
+        state.role_status()  # refresh glore_engine_ready
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    _document_auth(app, settings)
+    return app
+
+
+async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
+    from engines.registry import load_engines  # torch and friends: only when serving
+
+    where = {role.value: f"{spec.backend.value}:{spec.path}" for role, spec in specs.items()}
+    logger.info("loading models", extra={"roles": where})
+    start = time.perf_counter()
+    try:
+        state.engines = await asyncio.to_thread(load_engines, specs)
+    except Exception as exc:
+        state.load_error = str(exc)
+        logger.error("model load failed: %s", exc, exc_info=exc)
+        return
+    logger.info("models loaded in %.1f s", time.perf_counter() - start)
+    state.role_status()
+
+
+def _add_error_handlers(app: FastAPI, state: ServiceState) -> None:
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return state.from_error(exc)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details = [
+            ErrorDetail(loc=list(e.get("loc", ())), msg=str(e.get("msg", "invalid")))
+            for e in exc.errors()
+        ]
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in d.loc if p != 'body') or 'body'}: {d.msg}"
+            for d in details[:5]
+        )
+        return state.error_response(ErrorCode.VALIDATION_ERROR, message, details=details)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.INTERNAL_ERROR)
+        return state.error_response(code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+
+
+def _document_auth(app: FastAPI, settings: Settings) -> None:
+    """Declare the bearer scheme in the OpenAPI document when keys are configured."""
+    if not settings.api_keys:
+        return
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path not in PUBLIC_PATHS:
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _install_sigterm(state: ServiceState) -> Callable[[], None]:
+    """On SIGTERM: /ready turns 503 and new solves are refused; once in-flight solves finish
+    (at most `shutdown_timeout_s`, at least `shutdown_delay_s` after the signal), the previous
+    handler (uvicorn's) stops the server. A second SIGTERM stops it at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: _Handler = signal.getsignal(signal.SIGTERM)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def drain_then_stop(signum: int) -> None:
+        settings = state.settings
+        start = loop.time()
+        try:
+            await asyncio.wait_for(state.idle.wait(), settings.shutdown_timeout_s)
+        except TimeoutError:
+            logger.warning("shutdown timeout: %d requests still in flight", state.in_flight)
+        remaining = settings.shutdown_delay_s - (loop.time() - start)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        logger.info("drained; stopping")
+        _chain(previous, signum)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if state.draining:
+            _chain(previous, signum)
+            return
+        state.draining = True
+        logger.warning("SIGTERM: draining %d in-flight requests", state.in_flight)
+        task = loop.create_task(drain_then_stop(signum))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
+def _chain(previous: _Handler, signum: int) -> None:
+    if callable(previous):
+        previous(signum, None)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)

@@ -1,0 +1,145 @@
+"""From a validated request to a pipeline result: limits, config, timeout, cancellation, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from engines.base import EngineError
+from engines.text import TextContractError, clean_question
+from service.errors import ErrorCode, ServiceError, field_error
+from service.logs import request_id_var
+from service.pipeline import PipelineConfig, StrategyName, solve
+from service.schemas import Knobs, SolveResponse
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+Loc = list[str | int]
+IsDisconnected = Callable[[], Awaitable[bool]]
+
+_DISCONNECT_POLL_S = 0.1
+
+
+class Solver:
+    """Runs one solve for a route, within the server's limits."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def check_question(self, question: str, loc: Loc) -> str:
+        limit = self.state.settings.limits.max_question_chars
+        if len(question) > limit:
+            raise field_error(loc, f"question is {len(question)} characters; the limit is {limit}")
+        try:
+            clean_question(question)
+        except TextContractError as exc:
+            raise field_error(loc, str(exc)) from None
+        return question
+
+    def config(
+        self,
+        knobs: Knobs,
+        *,
+        n: int | None,
+        max_new_tokens: int | None,
+        n_loc: Loc,
+        tokens_loc: Loc,
+    ) -> tuple[StrategyName, PipelineConfig]:
+        """The request's knobs over the server's defaults, within the server's limits."""
+        limits, defaults = self.state.settings.limits, self.state.settings.defaults
+        if max_new_tokens is not None and max_new_tokens > limits.max_new_tokens:
+            raise field_error(tokens_loc, f"must be at most {limits.max_new_tokens}")
+        if n is not None and n > limits.max_n:
+            raise field_error(n_loc, f"must be at most {limits.max_n}")
+        strategy = knobs.strategy or defaults.strategy
+        return strategy, PipelineConfig(
+            refine=knobs.refine or defaults.refine,
+            orm_threshold=_first(knobs.orm_threshold, defaults.orm_threshold),
+            sorm_threshold=_first(knobs.sorm_threshold, defaults.sorm_threshold),
+            max_new_tokens=min(max_new_tokens or defaults.max_new_tokens, limits.max_new_tokens),
+            temperature=knobs.temperature,
+            sample_temperature=defaults.sample_temperature,
+            seed=knobs.seed,
+            n=min(n or defaults.n, limits.max_n),
+        )
+
+    async def run(
+        self,
+        question: str,
+        strategy: StrategyName,
+        cfg: PipelineConfig,
+        *,
+        include_trace: bool,
+        timeout_s: float | None,
+        is_disconnected: IsDisconnected,
+    ) -> SolveResponse:
+        """Solve, or raise: 503 not ready, 504 past the time limit, 499 when the client left
+        (the work is cancelled), 502 when a model fails."""
+        engines = self.state.check_ready()
+        limit = min(self.state.settings.limits.request_timeout_s, timeout_s or math.inf)
+        logger.debug("solving", extra={"question": question, "strategy": strategy.value})
+        start = time.perf_counter()
+        work = asyncio.create_task(solve(question, engines, cfg, strategy))
+        watcher = asyncio.create_task(_wait_for_disconnect(is_disconnected))
+        try:
+            done, _ = await asyncio.wait(
+                {work, watcher}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            # Also reached when this handler itself is cancelled: no work outlives its request.
+            for task in (work, watcher):
+                task.cancel()
+            for task in (work, watcher):
+                with contextlib.suppress(BaseException):
+                    await task
+        if work not in done:
+            if watcher in done:
+                logger.info("client disconnected; solve cancelled")
+                raise ServiceError(ErrorCode.CLIENT_DISCONNECTED, "client disconnected")
+            raise ServiceError(
+                ErrorCode.TIMEOUT, f"the solve did not finish within {limit:g} s; it was cancelled"
+            )
+        try:
+            solution = work.result()
+        except EngineError as exc:
+            logger.error("engine failed: %s", exc, exc_info=exc)
+            raise ServiceError(
+                ErrorCode.ENGINE_ERROR,
+                f"a model failed while solving{f' ({exc.role})' if exc.role else ''}; "
+                f"see the server logs for request {request_id_var.get()}",
+            ) from None
+        except TextContractError as exc:
+            raise field_error(["body", "question"], str(exc)) from None
+        total = time.perf_counter() - start
+        self.state.metrics.observe_solution(solution)
+        logger.info(
+            "solved",
+            extra={
+                "strategy": strategy.value,
+                "winner": solution.winner.candidate.label,
+                "decision": solution.plan.action.value,
+                "tokens": solution.total_tokens,
+                "duration_ms": round(total * 1000, 1),
+            },
+        )
+        return SolveResponse.from_solution(
+            solution,
+            cfg,
+            request_id=request_id_var.get(),
+            include_trace=include_trace,
+            total_s=total,
+        )
+
+
+def _first(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+async def _wait_for_disconnect(is_disconnected: IsDisconnected) -> None:
+    while not await is_disconnected():
+        await asyncio.sleep(_DISCONNECT_POLL_S)

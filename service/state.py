@@ -1,0 +1,93 @@
+"""The app's live state (settings, metrics, engines, readiness, draining, in-flight count) and
+the one function that turns an error into a response."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from engines.base import Role
+from service.errors import STATUS, ErrorCode, ErrorDetail, ServiceError, error_body
+from service.logs import request_id_var
+from service.metrics import Metrics
+from service.pipeline import ServedEngines
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    engines: ServedEngines | None = None
+    load_error: str | None = None
+    draining: bool = False
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def role_status(self) -> dict[Role, tuple[bool, str]]:
+        """Each role's health: loading, failed to load, or what its engine says."""
+        if self.engines is None:
+            detail = f"failed to load: {self.load_error}" if self.load_error else "loading"
+            status = {role: (False, detail) for role in Role}
+        else:
+            health = self.engines.health()
+            status = {
+                role: (h.healthy, h.detail)
+                for role in Role
+                for h in [health.get(role)]
+                if h is not None
+            }
+            for role in Role:
+                status.setdefault(role, (False, "not loaded"))
+        for role, (healthy, _) in status.items():
+            self.metrics.engine_ready.labels(role=role.value).set(1 if healthy else 0)
+        return status
+
+    def check_ready(self) -> ServedEngines:
+        """The engines, or a 503 that says why they cannot serve."""
+        retry = {"Retry-After": str(self.settings.limits.retry_after_s)}
+        if self.draining:
+            raise ServiceError(ErrorCode.SHUTTING_DOWN, "server is shutting down", headers=retry)
+        status = self.role_status()
+        bad = {role: detail for role, (healthy, detail) in status.items() if not healthy}
+        if self.engines is None or bad:
+            details = [ErrorDetail(loc=["roles", r.value], msg=d) for r, d in bad.items()]
+            what = "failed to load" if self.load_error else "not ready"
+            raise ServiceError(
+                ErrorCode.NOT_READY,
+                f"models {what}: " + ", ".join(r.value for r in bad),
+                details=details,
+                headers=retry,
+            )
+        return self.engines
+
+    def error_response(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        details: list[ErrorDetail] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
+        """The one error body, counted in glore_errors_total."""
+        self.metrics.errors.labels(type=code.value).inc()
+        body = error_body(
+            code, message, request_id_var.get(), [d.model_dump() for d in details or []]
+        )
+        return JSONResponse(body, status_code=STATUS[code], headers=headers)
+
+    def from_error(self, exc: ServiceError) -> JSONResponse:
+        return self.error_response(exc.code, exc.message, details=exc.details, headers=exc.headers)
+
+
+def get_state(request: Request) -> ServiceState:
+    state: Any = request.app.state.glore
+    assert isinstance(state, ServiceState)
+    return state
