@@ -1,0 +1,449 @@
+"""Turn evaluation records into the paper's tables: report.json, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.evaluation.metrics import (
+    best_threshold,
+    bootstrap_ci,
+    first_error_accuracy,
+    fix_break,
+    flag_incorrect_pr_curve,
+    outcome_accuracy,
+    paired_bootstrap_pvalue,
+    roc_auc,
+    step_accuracy,
+    step_accuracy_by_index,
+)
+from training.evaluation.runner import METHODS, QuestionRecord, oracle_outcomes
+
+REPORT_VERSION = 1
+
+# The paper's own headline, for context (Havrilla et al., 2024, LLaMA-2 13B on GSM8K).
+PAPER_CONTEXT = {
+    "model": "LLaMA-2 13B (RL-fine-tuned policy)",
+    "data": "GSM8K test",
+    "greedy_accuracy": 0.53,
+    "glore_accuracy": 0.65,
+    "glore_method": "global + local refinement, ORM rerank",
+}
+
+THRESHOLD_GRID = [i / 100 for i in range(5, 96)]
+PR_THRESHOLDS = [i / 20 for i in range(0, 21)]
+PLOTS = ("accuracy_vs_tokens", "step_accuracy_by_index", "orm_histograms", "pr_curve")
+
+
+def _scored(records: Sequence[QuestionRecord]) -> list[QuestionRecord]:
+    """Records whose draft has steps with readings (an empty draft has nothing to locate)."""
+    return [r for r in records if r.draft_steps and r.orm_steps and r.sorm_steps]
+
+
+def _labels(records: Sequence[QuestionRecord], truth: str) -> list[list[bool]] | None:
+    if truth == "exact":
+        return [r.exact_prefix_ok for r in records]
+    if any(r.vstar is None for r in records):
+        return None
+    return [list(r.vstar or []) for r in records]
+
+
+def _scores(records: Sequence[QuestionRecord], model: str) -> list[list[float]]:
+    return [r.orm_steps if model == "orm" else r.sorm_steps for r in records]
+
+
+def _mean_ci(values: Sequence[float], seed: int) -> dict[str, float]:
+    lo, hi = bootstrap_ci(values, seed=seed)
+    return {"value": sum(values) / len(values), "ci95": [lo, hi]}
+
+
+def gate_threshold(val: Sequence[QuestionRecord]) -> float:
+    """The ORM threshold below which refining pays most on validation (ties: nearest 0.5)."""
+
+    def acc(t: float) -> float:
+        return sum(
+            r.draft_correct if r.candidate_orm["draft"] >= t else r.methods["glore"].correct
+            for r in val
+        ) / len(val)
+
+    return max(THRESHOLD_GRID, key=lambda t: (acc(t), -abs(t - 0.5)))
+
+
+def where_section(
+    val: Sequence[QuestionRecord], test: Sequence[QuestionRecord], seed: int
+) -> dict[str, Any]:
+    """Step-level error detection: ORM against SORM, against exact and V* ground truth."""
+    val_s, test_s = _scored(val), _scored(test)
+    out: dict[str, Any] = {
+        "solutions": len(test_s),
+        "steps": sum(len(r.draft_steps) for r in test_s),
+    }
+    for truth in ("exact", "vstar"):
+        y_test, y_val = _labels(test_s, truth), _labels(val_s, truth) or _labels(val_s, "exact")
+        if y_test is None or y_val is None:
+            out[truth] = None
+            continue
+        section: dict[str, Any] = {}
+        hits: dict[str, list[float]] = {}
+        for model in ("orm", "sorm"):
+            s_test = _scores(test_s, model)
+            t_best = best_threshold(_scores(val_s, model), y_val, THRESHOLD_GRID)
+            section[model] = {
+                "step_accuracy@0.5": step_accuracy(s_test, y_test, 0.5),
+                "step_accuracy@best": step_accuracy(s_test, y_test, t_best),
+                "best_threshold": t_best,
+                "first_error_accuracy@0.5": first_error_accuracy(s_test, y_test, 0.5),
+                "first_error_accuracy@best": first_error_accuracy(s_test, y_test, t_best),
+                "by_step_index@0.5": [
+                    {"step": i, "accuracy": a, "count": n}
+                    for i, a, n in step_accuracy_by_index(s_test, y_test, 0.5)
+                ],
+            }
+            hits[model] = [
+                float((score >= 0.5) == ok)
+                for s, y in zip(s_test, y_test, strict=True)
+                for score, ok in zip(s, y, strict=True)
+            ]
+        # Paired over the same steps: is the SORM's step accuracy different from the ORM's?
+        section["sorm_vs_orm_p_value"] = paired_bootstrap_pvalue(
+            hits["sorm"], hits["orm"], seed=seed
+        )
+        out[truth] = section
+    if all(r.vstar is not None for r in test_s):
+        pairs = [
+            (v, e) for r in test_s for v, e in zip(r.vstar or [], r.exact_prefix_ok, strict=True)
+        ]
+        out["vstar_exact_disagreement"] = sum(v != e for v, e in pairs) / max(len(pairs), 1)
+    correct = [r.draft_correct for r in test_s]
+    out["final_answer_accuracy@0.5"] = {
+        model: outcome_accuracy([s[-1] for s in _scores(test_s, model)], correct, 0.5)
+        for model in ("orm", "sorm")
+    }
+    return out
+
+
+def when_section(test: Sequence[QuestionRecord]) -> dict[str, Any]:
+    """The ORM deciding whether to refine: precision and recall at flagging wrong drafts."""
+    scores = [r.candidate_orm["draft"] for r in test]
+    correct = [r.draft_correct for r in test]
+    curve = flag_incorrect_pr_curve(scores, correct, PR_THRESHOLDS)
+    try:
+        auc: float | None = roc_auc(scores, correct)
+    except ValueError:
+        auc = None
+    return {
+        "draft_accuracy": sum(correct) / len(correct),
+        "orm_roc_auc": auc,
+        "pr_curve": [
+            {
+                "threshold": p.threshold,
+                "precision": p.precision,
+                "recall": p.recall,
+                "flagged": p.flagged,
+            }
+            for p in curve
+        ],
+    }
+
+
+def how_section(test: Sequence[QuestionRecord], seed: int) -> dict[str, Any]:
+    """Final-answer accuracy of every strategy, with fix and break rates and token cost."""
+    outcomes = {m.name: [r.methods[m.name] for r in test] for m in METHODS}
+    oracles = [oracle_outcomes(r) for r in test]
+    for name in ("oracle_best_candidate", "oracle_refine_when_wrong"):
+        outcomes[name] = [o[name] for o in oracles]
+    draft_ok = [r.draft_correct for r in test]
+    rows = {}
+    for name, outs in outcomes.items():
+        correct = [float(o.correct) for o in outs]
+        fb = fix_break(draft_ok, [o.correct for o in outs])
+        rows[name] = {
+            "accuracy": _mean_ci(correct, seed),
+            "tokens_per_question": sum(o.tokens for o in outs) / len(outs),
+            "fix_rate": fb.fix_rate,
+            "break_rate": fb.break_rate,
+            "fixed": fb.fixed,
+            "broken": fb.broken,
+        }
+    refiners = {}
+    for kind in ("global", "local"):
+        have = [r for r in test if kind in r.candidates]
+        if have:
+            fb = fix_break(
+                [r.draft_correct for r in have], [r.candidates[kind].correct for r in have]
+            )
+            refiners[kind] = {
+                "fix_rate": fb.fix_rate,
+                "break_rate": fb.break_rate,
+                "fixed": fb.fixed,
+                "broken": fb.broken,
+                "wrong_drafts": fb.wrong_drafts,
+                "right_drafts": fb.right_drafts,
+            }
+    glore = [float(r.methods["glore"].correct) for r in test]
+    bo3 = [float(r.methods["best_of_3"].correct) for r in test]
+    return {
+        "methods": rows,
+        "refiners": refiners,
+        "glore_vs_best_of_3": {
+            "difference": (sum(glore) - sum(bo3)) / len(test),
+            "p_value": paired_bootstrap_pvalue(glore, bo3, seed=seed),
+        },
+    }
+
+
+def build_report(
+    val: Sequence[QuestionRecord],
+    test: Sequence[QuestionRecord],
+    *,
+    meta: dict[str, Any],
+    seed: int = 0,
+) -> dict[str, Any]:
+    if not test:
+        raise ValueError("no test records to report on")
+    where = where_section(val, test, seed)
+    how = how_section(test, seed)
+    exact = where["exact"]
+    claims = {
+        "sorm_step_accuracy_above_orm": exact["sorm"]["step_accuracy@best"]
+        > exact["orm"]["step_accuracy@best"],
+        "glore_beats_best_of_3": how["methods"]["glore"]["accuracy"]["value"]
+        > how["methods"]["best_of_3"]["accuracy"]["value"],
+    }
+    return {
+        "version": REPORT_VERSION,
+        "meta": meta,
+        "paper_context": PAPER_CONTEXT,
+        "where": where,
+        "when": when_section(test),
+        "how": how,
+        "claims": claims,
+    }
+
+
+# ------------------------------------------------------------------ markdown
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return out + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    meta, how, where, when = report["meta"], report["how"], report["where"], report["when"]
+    paper = PAPER_CONTEXT
+    lines = [
+        f"# GLoRe evaluation: {meta.get('run', '')}",
+        "",
+        f"{meta.get('n_test')} test questions ({meta.get('data')}), {meta.get('n_val')} "
+        f"validation questions for thresholds, seed {meta.get('seed')}, backend "
+        f"{meta.get('backend')}. 95% bootstrap confidence intervals; paired bootstrap p-values.",
+        "",
+        f"Paper, for context: {paper['model']} on {paper['data']}: "
+        f"{_pct(paper['greedy_accuracy'])} greedy → {_pct(paper['glore_accuracy'])} with "
+        f"{paper['glore_method']}.",
+        "",
+        "## How: final-answer accuracy by strategy",
+        "",
+    ]
+    rows = []
+    for name, row in how["methods"].items():
+        lo, hi = row["accuracy"]["ci95"]
+        rows.append(
+            [
+                name,
+                _pct(row["accuracy"]["value"]),
+                f"{_pct(lo)}–{_pct(hi)}",
+                f"{row['tokens_per_question']:.1f}",
+                _pct(row["fix_rate"]),
+                _pct(row["break_rate"]),
+            ]
+        )
+    lines += _table(
+        ["strategy", "accuracy", "95% CI", "tokens/question", "fix rate", "break rate"], rows
+    )
+    g = how["glore_vs_best_of_3"]
+    lines += [
+        "",
+        f"GLoRe − best-of-3: {100 * g['difference']:+.1f} points, "
+        f"paired bootstrap p = {g['p_value']:.4f}.",
+        "",
+        "Refiners on their own (candidate vs draft, GLoRe with refine=always):",
+        "",
+    ]
+    lines += _table(
+        ["refiner", "fix rate", "break rate", "fixed / wrong drafts", "broken / right drafts"],
+        [
+            [
+                kind,
+                _pct(r["fix_rate"]),
+                _pct(r["break_rate"]),
+                f"{r['fixed']} / {r['wrong_drafts']}",
+                f"{r['broken']} / {r['right_drafts']}",
+            ]
+            for kind, r in how["refiners"].items()
+        ],
+    )
+    lines += ["", "## Where: step-level error detection (ORM vs SORM)", ""]
+    titles = {"exact": "exact step labels (task checker)", "vstar": "V* labels (fresh rollouts)"}
+    for truth, title in titles.items():
+        sec = where.get(truth)
+        if not sec:
+            continue
+        lines += [
+            f"Against {title}, {where['steps']} steps of {where['solutions']} greedy drafts:",
+            "",
+        ]
+        lines += _table(
+            [
+                "model",
+                "step acc @0.5",
+                "step acc @best",
+                "best threshold (val)",
+                "first-error acc @0.5",
+                "first-error acc @best",
+            ],
+            [
+                [
+                    model.upper(),
+                    _pct(sec[model]["step_accuracy@0.5"]),
+                    _pct(sec[model]["step_accuracy@best"]),
+                    f"{sec[model]['best_threshold']:.2f}",
+                    _pct(sec[model]["first_error_accuracy@0.5"]),
+                    _pct(sec[model]["first_error_accuracy@best"]),
+                ]
+                for model in ("orm", "sorm")
+            ],
+        )
+        lines += [
+            "",
+            "SORM vs ORM step accuracy @0.5, paired bootstrap "
+            f"p = {sec['sorm_vs_orm_p_value']:.4f}.",
+            "",
+        ]
+    if "vstar_exact_disagreement" in where:
+        share = _pct(where["vstar_exact_disagreement"])
+        lines.append(f"V* labels disagree with the exact labels on {share} of steps.")
+    fa = where["final_answer_accuracy@0.5"]
+    auc = when["orm_roc_auc"]
+    lines += [
+        "",
+        "Final-answer accuracy of the last-step score @0.5: "
+        f"ORM {_pct(fa['orm'])}, SORM {_pct(fa['sorm'])}.",
+        "",
+        "## When: the ORM flagging wrong drafts",
+        "",
+        f"Draft accuracy {_pct(when['draft_accuracy'])}; ORM ROC-AUC "
+        + ("–" if auc is None else f"{auc:.3f}")
+        + f"; ORM-gated GLoRe uses threshold {meta.get('gate_threshold')} (best on validation).",
+        "",
+        "## Claims",
+        "",
+    ]
+    for claim, ok in report["claims"].items():
+        lines.append(f"- {claim.replace('_', ' ')}: **{'yes' if ok else 'no'}**")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name}.png)" for name in PLOTS]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ plots
+
+
+def write_plots(report: dict[str, Any], test: Sequence[QuestionRecord], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, row in report["how"]["methods"].items():
+        acc = row["accuracy"]["value"]
+        lo, hi = row["accuracy"]["ci95"]
+        ax.errorbar(
+            row["tokens_per_question"], acc, yerr=[[acc - lo], [hi - acc]], fmt="o", capsize=3
+        )
+        ax.annotate(
+            name,
+            (row["tokens_per_question"], acc),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    ax.set_xlabel("tokens generated per question")
+    ax.set_ylabel("final-answer accuracy")
+    ax.set_title("Accuracy against cost, per strategy")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "accuracy_vs_tokens.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for truth, style in (("exact", "-"), ("vstar", "--")):
+        sec = report["where"].get(truth)
+        if not sec:
+            continue
+        for model in ("orm", "sorm"):
+            pts = sec[model]["by_step_index@0.5"]
+            ax.plot(
+                [p["step"] + 1 for p in pts],
+                [p["accuracy"] for p in pts],
+                style,
+                marker="o",
+                label=f"{model.upper()} vs {truth}",
+            )
+    ax.set_xlabel("step index")
+    ax.set_ylabel("step-level accuracy @0.5")
+    ax.set_title("Step-level accuracy by step index")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "step_accuracy_by_index.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    right = [r.candidate_orm["draft"] for r in test if r.draft_correct]
+    wrong = [r.candidate_orm["draft"] for r in test if not r.draft_correct]
+    bins = [i / 20 for i in range(21)]
+    ax.hist(right, bins=bins, alpha=0.6, label=f"correct drafts ({len(right)})")
+    ax.hist(wrong, bins=bins, alpha=0.6, label=f"incorrect drafts ({len(wrong)})")
+    ax.set_xlabel("ORM score of the draft")
+    ax.set_ylabel("drafts")
+    ax.set_title("ORM scores of correct and incorrect drafts")
+    ax.legend()
+    paths.append(_save(fig, out / "orm_histograms.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    pts = report["when"]["pr_curve"]
+    ax.plot([p["recall"] for p in pts], [p["precision"] for p in pts], marker=".")
+    ax.set_xlabel("recall (wrong drafts flagged)")
+    ax.set_ylabel("precision (flagged drafts that are wrong)")
+    ax.set_title("When to refine: ORM flags on drafts")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "pr_curve.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    report: dict[str, Any], test: Sequence[QuestionRecord], out: Path
+) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(to_markdown(report))
+    plots = write_plots(report, test, out)
+    return {"json": out / "report.json", "md": out / "report.md", **{p.stem: p for p in plots}}

@@ -1,0 +1,190 @@
+"""Run every strategy of the service's pipeline on held-out problems and keep what each did.
+
+The strategies are the service's own (`service.pipeline.strategies`), called offline, so these
+numbers and the service's answers come from the same code. Each question's record also keeps
+the draft's per-step ORM/SORM readings and its exact step labels from the task's checker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from service.pipeline.strategies import solve
+from service.pipeline.types import (
+    Engines,
+    PipelineConfig,
+    RefineMode,
+    Scored,
+    Solution,
+    StrategyName,
+)
+from training.tasks import Problem, check_solution
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the "how" table: a service strategy with its knobs."""
+
+    name: str
+    strategy: StrategyName
+    overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+# The paper's comparison at one policy. ORM-gated GLoRe gets its threshold from validation.
+METHODS: tuple[Method, ...] = (
+    Method("greedy", StrategyName.GREEDY, {}, "the policy's greedy draft"),
+    Method("best_of_3", StrategyName.BEST_OF_N, {"n": 3}, "3 samples, ORM rerank (baseline)"),
+    Method(
+        "global_only",
+        StrategyName.GLOBAL_ONLY,
+        {"refine": RefineMode.ALWAYS},
+        "ORM rerank of {draft, global}",
+    ),
+    Method(
+        "local_only",
+        StrategyName.LOCAL_ONLY,
+        {"refine": RefineMode.ALWAYS},
+        "ORM rerank of {draft, local}, SORM places the critique",
+    ),
+    Method(
+        "glore",
+        StrategyName.GLORE,
+        {"refine": RefineMode.ALWAYS},
+        "ORM rerank of {draft, global, local}",
+    ),
+    Method(
+        "glore_gated",
+        StrategyName.GLORE,
+        {"refine": RefineMode.AUTO},
+        "GLoRe, refining only when the draft's ORM score is below the threshold",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    answer: str | None
+    correct: bool
+    tokens: int
+    winner: str
+
+
+@dataclass
+class QuestionRecord:
+    """What every method did on one question, and the draft's step-level readings."""
+
+    problem_id: str
+    reference: str
+    draft_steps: list[str]
+    draft_answer: str | None
+    draft_correct: bool
+    draft_tokens: int
+    exact_prefix_ok: list[bool]  # the checker's label of each draft step (still on track?)
+    orm_steps: list[float]  # the ORM's reading at each draft step
+    sorm_steps: list[float]  # the SORM's reading at each draft step
+    candidates: dict[str, Outcome]  # draft / global / local, from GLoRe with refine=always
+    candidate_orm: dict[str, float]
+    methods: dict[str, Outcome]
+    vstar: list[bool] | None = None  # V* labels of the draft's steps from fresh rollouts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuestionRecord:
+        d = dict(d)
+        d["candidates"] = {k: Outcome(**v) for k, v in d["candidates"].items()}
+        d["methods"] = {k: Outcome(**v) for k, v in d["methods"].items()}
+        return cls(**d)
+
+
+def _outcome(problem: Problem, scored: Scored, tokens: int) -> Outcome:
+    c = scored.candidate
+    correct = bool(c.steps) and check_solution(problem, list(c.steps)).answer_correct
+    return Outcome(c.answer, correct, tokens, c.label)
+
+
+def _config(base: PipelineConfig, method: Method) -> PipelineConfig:
+    return replace(base, **method.overrides)
+
+
+async def evaluate_question(
+    problem: Problem,
+    engines: Engines,
+    base: PipelineConfig,
+    methods: Sequence[Method] = METHODS,
+) -> QuestionRecord:
+    """Run every method on one question (concurrently: the engines batch across them)."""
+    solutions: list[Solution] = await asyncio.gather(
+        *(solve(problem.question, engines, _config(base, m), m.strategy) for m in methods)
+    )
+    by_name = dict(zip((m.name for m in methods), solutions, strict=True))
+    full = by_name["glore"]
+    draft = full.draft
+    if draft is None:
+        raise RuntimeError(f"{problem.id}: GLoRe returned no draft")
+    steps = list(draft.candidate.steps)
+    check = check_solution(problem, steps)
+    candidates = {
+        s.candidate.label: _outcome(problem, s, s.candidate.num_tokens) for s in full.candidates
+    }
+    return QuestionRecord(
+        problem_id=problem.id,
+        reference=problem.answer,
+        draft_steps=steps,
+        draft_answer=draft.candidate.answer,
+        draft_correct=check.answer_correct,
+        draft_tokens=draft.candidate.num_tokens,
+        exact_prefix_ok=list(check.prefix_ok) if steps else [],
+        orm_steps=list(draft.orm.step_probs) if draft.orm else [],
+        sorm_steps=list(draft.sorm.step_probs) if draft.sorm else [],
+        candidates=candidates,
+        candidate_orm={s.candidate.label: s.orm_score for s in full.candidates},
+        methods={
+            name: _outcome(problem, sol.winner, sol.total_tokens) for name, sol in by_name.items()
+        },
+    )
+
+
+async def evaluate(
+    problems: Sequence[Problem],
+    engines: Engines,
+    base: PipelineConfig,
+    *,
+    methods: Sequence[Method] = METHODS,
+    concurrency: int = 32,
+    desc: str = "eval",
+) -> list[QuestionRecord]:
+    """Every method on every problem, `concurrency` questions in flight, records in order."""
+    gate = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(problems), desc=desc, unit="q")
+
+    async def one(p: Problem) -> QuestionRecord:
+        async with gate:
+            record = await evaluate_question(p, engines, base, methods)
+        bar.update(1)
+        return record
+
+    try:
+        return list(await asyncio.gather(*(one(p) for p in problems)))
+    finally:
+        bar.close()
+
+
+def oracle_outcomes(record: QuestionRecord) -> dict[str, Outcome]:
+    """Upper bounds from GLoRe's candidates: a perfect reranker, and a perfect "when" gate."""
+    glore = record.methods["glore"]
+    cands = record.candidates
+    best = next((c for c in cands.values() if c.correct), cands["draft"])
+    draft = cands["draft"]
+    gate = Outcome(draft.answer, True, record.draft_tokens, "draft") if draft.correct else glore
+    return {
+        "oracle_best_candidate": Outcome(best.answer, best.correct, glore.tokens, best.winner),
+        "oracle_refine_when_wrong": gate,
+    }
