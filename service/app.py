@@ -124,12 +124,12 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
 
 
 async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
-    from engines.registry import load_engines  # torch and friends: only when serving
-
     where = {role.value: f"{spec.backend.value}:{spec.path}" for role, spec in specs.items()}
     logger.info("loading models", extra={"roles": where})
     start = time.perf_counter()
     try:
+        from engines.registry import load_engines  # torch and friends: only when serving
+
         state.engines = await asyncio.to_thread(load_engines, specs)
     except Exception as exc:
         state.load_error = str(exc)
