@@ -1,0 +1,239 @@
+"""The training recipe: a typed config per stage, from YAML presets plus `key=value` overrides.
+
+Every field has help text (as in TRL's configs); the resolved recipe is saved beside every
+checkpoint and hashed into the run manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+PRESETS = ("smoke", "tiny")
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the field."""
+
+
+@dataclass
+class DataConfig:
+    source: str = field(default="synthetic", metadata={"help": "synthetic | gsm8k"})
+    task: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "TaskConfig fields of the synthetic generator"}
+    )
+    n_train: int = field(default=2000, metadata={"help": "training questions (synthetic)"})
+    n_val: int = field(default=100, metadata={"help": "validation questions (synthetic)"})
+    n_test: int = field(default=200, metadata={"help": "held-out test questions"})
+    gsm8k_dir: str = field(
+        default="../shared/data/gsm8k", metadata={"help": "folder with train.jsonl and test.jsonl"}
+    )
+
+
+@dataclass
+class ModelConfig:
+    base: str | None = field(
+        default=None, metadata={"help": "HF causal LM path to fine-tune; None = from scratch"}
+    )
+    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary (from scratch)"})
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged on save)"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """One supervised stage: SFT (policy, refiners) or reward-model training (ORM, SORM)."""
+
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step per process"})
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decay floor, x lr"})
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_length: int = field(default=512, metadata={"help": "tokens; longer examples are dropped"})
+    log_every: int = 10
+    init: str = field(
+        default="policy",
+        metadata={"help": "policy: start from the trained policy; base: from model.base/scratch"},
+    )
+
+
+@dataclass
+class PolicyConfig(TrainConfig):
+    init: str = "base"
+    eval_questions: int = field(default=200, metadata={"help": "test questions for greedy acc"})
+    max_new_tokens: int = 160
+
+
+@dataclass
+class ExpertIterationConfig:
+    rounds: int = field(default=0, metadata={"help": "0 = off; each round samples and re-fits"})
+    samples: int = field(default=4, metadata={"help": "samples per training question"})
+    questions: int | None = field(default=None, metadata={"help": "None = all training questions"})
+    temperature: float = 1.0
+    epochs: float = 1.0
+    lr: float = 3e-4
+
+
+@dataclass
+class RolloutConfig:
+    questions: int | None = field(default=None, metadata={"help": "training questions; None=all"})
+    drafts: int = field(default=4, metadata={"help": "drafts per question (temperature below)"})
+    k: int = field(default=8, metadata={"help": "continuations per step prefix (V*)"})
+    temperature: float = 1.0
+    max_new_tokens: int = 160
+    max_steps: int = field(default=12, metadata={"help": "drafts with more steps are truncated"})
+    shard_questions: int = field(default=32, metadata={"help": "questions per JSONL shard"})
+    heldout_questions: int = field(
+        default=200, metadata={"help": "test questions drafted for reward-model evaluation"}
+    )
+    heldout_drafts: int = 2
+    backend: str = field(default="hf", metadata={"help": "engine backend: hf | vllm"})
+    max_batch_size: int = 256
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    soft_labels: bool = field(default=False, metadata={"help": "SORM: train on success fraction"})
+    propagate: bool = field(default=True, metadata={"help": "SORM: positive makes earlier pos."})
+    balance: bool = field(default=True, metadata={"help": "SORM: balance labels per step index"})
+
+
+@dataclass
+class RefinerConfig(TrainConfig):
+    keep_share: float = field(
+        default=0.2, metadata={"help": "share of pairs that map a correct draft to itself"}
+    )
+    use_reference: bool = field(
+        default=True, metadata={"help": "fall back to the reference when no draft is correct"}
+    )
+    eval_drafts: int = field(default=100, metadata={"help": "held-out incorrect drafts to fix"})
+    max_new_tokens: int = 160
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    threads: int = field(default=2, metadata={"help": "torch threads per process"})
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
+    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+    orm: RewardConfig = field(default_factory=RewardConfig)
+    sorm: RewardConfig = field(default_factory=RewardConfig)
+    refiners: RefinerConfig = field(default_factory=RefinerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *names: str) -> str:
+        """A short content hash of some sections (a stage's inputs), for the manifest."""
+        d = self.to_dict()
+        blob = json.dumps({n: d[n] for n in names}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"{path}: unknown field (known: {', '.join(sorted(names))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, path)  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(value, hint, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    text = str(hint)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{path}: may not be null")
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                return value.lower() in {"true", "1", "yes"}
+            return bool(value)
+        if hint is int or text.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float or text.startswith("float"):
+            return float(value)
+        if hint is str or text.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read {value!r} as {text}") from exc
+    return value
+
+
+def recipe_path(preset: str) -> Path:
+    path = RECIPES_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise ConfigError(f"preset: unknown preset {preset!r} (known: {known})")
+    return path
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`policy.lr=3e-4` -> (["policy", "lr"], 0.0003); the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. policy.lr=3e-4")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {item!r}: empty key")
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(
+    *, preset: str | None = None, recipe: str | Path | None = None, overrides: list[str] = ()
+) -> RunConfig:
+    """Resolve a recipe: the YAML file (or preset), then each override in order."""
+    if preset and recipe:
+        raise ConfigError("preset/recipe: give one, not both")
+    path = Path(recipe) if recipe else recipe_path(preset or "tiny")
+    if not path.is_file():
+        raise ConfigError(f"recipe: no such file {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path}: expected a mapping at the top level")
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return _build(RunConfig, data, "")
