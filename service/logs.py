@@ -16,6 +16,7 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "request_id",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of the message
 }
 
 

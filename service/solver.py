@@ -80,7 +80,7 @@ class Solver:
     ) -> SolveResponse:
         """Solve, or raise: 503 not ready, 504 past the time limit, 499 when the client left
         (the work is cancelled), 502 when a model fails."""
-        engines = self.state.check_ready()
+        engines = self.state.check_ready(admitted=True)
         limit = min(self.state.settings.limits.request_timeout_s, timeout_s or math.inf)
         logger.debug("solving", extra={"question": question, "strategy": strategy.value})
         start = time.perf_counter()

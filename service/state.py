@@ -50,10 +50,11 @@ class ServiceState:
             self.metrics.engine_ready.labels(role=role.value).set(1 if healthy else 0)
         return status
 
-    def check_ready(self) -> ServedEngines:
-        """The engines, or a 503 that says why they cannot serve."""
+    def check_ready(self, *, admitted: bool = False) -> ServedEngines:
+        """The engines, or a 503 that says why they cannot serve. A request `admitted` before
+        a SIGTERM is still served while the server drains."""
         retry = {"Retry-After": str(self.settings.limits.retry_after_s)}
-        if self.draining:
+        if self.draining and not admitted:
             raise ServiceError(ErrorCode.SHUTTING_DOWN, "server is shutting down", headers=retry)
         status = self.role_status()
         bad = {role: detail for role, (healthy, detail) in status.items() if not healthy}

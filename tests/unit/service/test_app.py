@@ -500,3 +500,19 @@ def test_access_logs_are_json_with_the_request_id(
     solved = [x for x in lines if x["message"] == "solved"]
     assert solved[-1]["request_id"] == "log-me" and solved[-1]["winner"] == "global"
     assert all(Q not in json.dumps(x) for x in lines)  # question text only at DEBUG
+
+
+async def test_a_solve_admitted_before_draining_still_finishes() -> None:
+    engines = make_engines()
+    gate = asyncio.Event()
+    engines.policy = FakeGenerator("policy", constant(WRONG_DRAFT), gate=gate)
+    app = create_app(settings(), engines)
+    async with async_client(app) as c:
+        first = asyncio.create_task(c.post("/solve", json={"question": Q}))
+        await engines.policy.started.wait()  # type: ignore[attr-defined]
+        app.state.glore.draining = True
+        assert_error(await c.post("/solve", json={"question": Q}), 503, "shutting_down")
+        assert not app.state.glore.idle.is_set()
+        gate.set()
+        assert (await first).status_code == 200
+        assert app.state.glore.idle.is_set()
