@@ -112,9 +112,13 @@ def start_server(
     wait: str | None = "/ready",
     timeout: float = 180,
     args: Sequence[str] = (),
+    uvicorn_factory: bool = False,
 ) -> ServerHandle:
     """Run `glore serve --run RUN_DIR --host 127.0.0.1 --port PORT` with `env` added to this
     process's environment, and wait until `wait` (default /ready) answers 200 (None: don't).
+
+    With `uvicorn_factory`, run `uvicorn --factory service.app:create_app` instead (as a
+    container might), with the run directory passed as GLORE_RUN_DIR.
 
     The server's output goes to a log file (`handle.logs()`), so a full pipe never blocks it.
     """
@@ -126,9 +130,15 @@ def start_server(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    command = [sys.executable, "-m", "glore", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if run_dir is not None:
-        command += ["--run", str(run_dir)]
+    if uvicorn_factory:
+        command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app"]
+        if run_dir is not None:
+            full_env["GLORE_RUN_DIR"] = str(run_dir)
+    else:
+        command = [sys.executable, "-m", "glore", "serve"]
+        if run_dir is not None:
+            command += ["--run", str(run_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     command += list(args)
     log_fd, log_name = tempfile.mkstemp(prefix=f"glore-server-{port}-", suffix=".log")
     with os.fdopen(log_fd, "wb") as log:
