@@ -51,6 +51,7 @@ and the request id is echoed in `X-Request-Id`. When API keys are configured, ev
 """
 
 _HTTP_CODES = {
+    400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.UNAUTHORIZED,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,

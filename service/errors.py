@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 
 class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -25,6 +26,7 @@ class ErrorCode(StrEnum):
 
 # The one table from error to status (TGI's, plus auth and shutdown).
 STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
