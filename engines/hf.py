@@ -52,7 +52,7 @@ def _torch_dtype(dtype: str) -> Any:
     return "auto" if dtype == "auto" else getattr(torch, dtype)
 
 
-def _load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
@@ -117,7 +117,7 @@ class _HFEngine:
             self.dtype = _torch_dtype(dtype)
             if not Path(self.path).is_dir():
                 raise FileNotFoundError(f"no checkpoint directory at {self.path}")
-            self.tokenizer = _load_tokenizer(self.path)
+            self.tokenizer = load_tokenizer(self.path)
             self.model = self._load_model()
             self.model.to(self.device).eval()
         except EngineLoadError:

@@ -1,0 +1,211 @@
+"""Load the engines for a set of roles; roles that point at the same model share one engine.
+
+`load_engines` is blocking (minutes for vLLM); from async code call it via `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from engines.base import (
+    Backend,
+    Engine,
+    EngineHealth,
+    EngineLoadError,
+    EngineSpec,
+    Generator,
+    Role,
+    Scorer,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _engine_class(role: Role, backend: Backend) -> type:
+    if backend == Backend.HF:
+        from engines.hf import HFGenerator, HFScorer
+
+        return HFScorer if role.is_scorer else HFGenerator
+    if backend == Backend.VLLM:
+        from engines.vllm import VLLMGenerator, VLLMScorer
+
+        return VLLMScorer if role.is_scorer else VLLMGenerator
+    raise EngineLoadError(f"unknown backend {backend!r}", role=str(role))
+
+
+def _check_options(role: Role, spec: EngineSpec, cls: type) -> None:
+    accepted = {
+        name
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.kind == inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(spec.options) - accepted)
+    if unknown:
+        raise EngineLoadError(
+            f"unknown option(s) {unknown} for backend {Backend(spec.backend).value}; "
+            f"accepted: {sorted(accepted)}",
+            role=str(role),
+            path=spec.path,
+        )
+
+
+def load_engine(role: Role, spec: EngineSpec) -> Generator | Scorer:
+    """Load one role's model: a Scorer for ORM/SORM, a Generator otherwise.
+
+    Raises EngineLoadError naming the role and the path when anything goes wrong.
+    """
+    role = Role(role)
+    try:
+        backend = Backend(spec.backend)
+    except ValueError:
+        raise EngineLoadError(
+            f"unknown backend {spec.backend!r}; choose one of {[b.value for b in Backend]}",
+            role=str(role),
+            path=spec.path,
+        ) from None
+    cls = _engine_class(role, backend)
+    _check_options(role, spec, cls)
+    name = f"{role.value}:{backend.value}"
+    try:
+        engine = cls(spec.path, name=name, **spec.options)
+    except EngineLoadError as exc:
+        raise EngineLoadError(
+            f"cannot load the {role.value} model: {_reason(exc)}", role=str(role), path=spec.path
+        ) from exc
+    except Exception as exc:
+        raise EngineLoadError(
+            f"cannot load the {role.value} model: {exc}", role=str(role), path=spec.path
+        ) from exc
+    return engine  # type: ignore[no-any-return]
+
+
+def _reason(exc: EngineLoadError) -> str:
+    # The inner error already names the path; keep just its message.
+    text = str(exc)
+    return text.rsplit(" (", 1)[0] if exc.path else text
+
+
+def _share_key(role: Role, spec: EngineSpec) -> tuple[Any, ...]:
+    options = tuple(sorted((k, repr(v)) for k, v in spec.options.items()))
+    return (
+        os.path.realpath(spec.path),
+        str(spec.backend),
+        role.is_scorer,
+        options,
+    )
+
+
+class EngineSet:
+    """The loaded engines by role. Roles may share one engine object."""
+
+    def __init__(self, engines: Mapping[Role, Engine]) -> None:
+        self._by_role: dict[Role, Engine] = {Role(r): e for r, e in engines.items()}
+
+    @property
+    def roles(self) -> set[Role]:
+        return set(self._by_role)
+
+    def generator(self, role: Role) -> Generator:
+        engine = self._get(role)
+        if Role(role).is_scorer or not isinstance(engine, Generator):
+            raise TypeError(f"role {Role(role).value} is not served by a generator")
+        return engine
+
+    def scorer(self, role: Role) -> Scorer:
+        engine = self._get(role)
+        if not Role(role).is_scorer or not isinstance(engine, Scorer):
+            raise TypeError(f"role {Role(role).value} is not served by a scorer")
+        return engine
+
+    def _get(self, role: Role) -> Engine:
+        try:
+            return self._by_role[Role(role)]
+        except KeyError:
+            raise KeyError(
+                f"no engine loaded for role {Role(role).value}; loaded: "
+                f"{sorted(r.value for r in self._by_role)}"
+            ) from None
+
+    @property
+    def policy(self) -> Generator:
+        return self.generator(Role.POLICY)
+
+    @property
+    def refine_global(self) -> Generator:
+        return self.generator(Role.REFINE_GLOBAL)
+
+    @property
+    def refine_local(self) -> Generator:
+        return self.generator(Role.REFINE_LOCAL)
+
+    @property
+    def orm(self) -> Scorer:
+        return self.scorer(Role.ORM)
+
+    @property
+    def sorm(self) -> Scorer:
+        return self.scorer(Role.SORM)
+
+    def unique_engines(self) -> list[Engine]:
+        seen: dict[int, Engine] = {}
+        for e in self._by_role.values():
+            seen.setdefault(id(e), e)
+        return list(seen.values())
+
+    def health(self) -> dict[Role, EngineHealth]:
+        out = {}
+        for role, engine in self._by_role.items():
+            try:
+                out[role] = engine.health()
+            except Exception as exc:  # a health check must report, never raise
+                out[role] = EngineHealth(False, f"health check failed: {exc!r}")
+        return out
+
+    async def close(self) -> None:
+        """Close every engine once, even when roles share it."""
+        results = await asyncio.gather(
+            *(e.close() for e in self.unique_engines()), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                log.warning("closing an engine failed: %r", r)
+
+
+def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
+    """Load every role; roles with the same (path, backend, options) share one engine.
+
+    On a failure, the engines already loaded are closed and EngineLoadError names the role.
+    """
+    loaded: dict[tuple[Any, ...], Engine] = {}
+    by_role: dict[Role, Engine] = {}
+    try:
+        for role, spec in specs.items():
+            role = Role(role)
+            key = _share_key(role, spec)
+            if key not in loaded:
+                log.info("loading %s from %s (%s)", role.value, spec.path, spec.backend)
+                loaded[key] = load_engine(role, spec)
+            by_role[role] = loaded[key]
+    except BaseException:
+        _close_now(list(loaded.values()))
+        raise
+    return EngineSet(by_role)
+
+
+def _close_now(engines: list[Engine]) -> None:
+    """Close engines from sync code, whether or not this thread runs an event loop."""
+    if not engines:
+        return
+
+    async def close_all() -> None:
+        await asyncio.gather(*(e.close() for e in engines), return_exceptions=True)
+
+    thread = threading.Thread(target=lambda: asyncio.run(close_all()), daemon=True)
+    thread.start()
+    thread.join()

