@@ -42,7 +42,7 @@ def _engine_class(role: Role, backend: Backend) -> type:
 def _check_options(role: Role, spec: EngineSpec, cls: type) -> None:
     accepted = {
         name
-        for name, p in inspect.signature(cls.__init__).parameters.items()
+        for name, p in inspect.signature(cls).parameters.items()
         if p.kind == inspect.Parameter.KEYWORD_ONLY
     }
     unknown = sorted(set(spec.options) - accepted)
@@ -82,7 +82,7 @@ def load_engine(role: Role, spec: EngineSpec) -> Generator | Scorer:
         raise EngineLoadError(
             f"cannot load the {role.value} model: {exc}", role=str(role), path=spec.path
         ) from exc
-    return engine  # type: ignore[no-any-return]
+    return engine
 
 
 def _reason(exc: EngineLoadError) -> str:
