@@ -1,0 +1,368 @@
+"""A live `glore serve` on the tiny trained checkpoints (real HF engines), end to end: /solve in
+every strategy, the chat endpoint through the openai client, and every error status with its
+body (401, 413, 422, 429, 503, 504)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import openai
+import pytest
+
+from engines.text import extract_answer
+from tests.support.server import ServerHandle, start_server
+from tests.support.tiny_models import TinyCheckpoints, tiny_problems
+
+KEY = "e2e-secret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MAX_BODY = 4096
+MAX_QUESTION = 600
+ENV = {
+    "OMP_NUM_THREADS": "1",
+    "GLORE_API_KEYS": f"{KEY},second-key",
+    "GLORE_LIMITS__MAX_IN_FLIGHT": "1",
+    "GLORE_LIMITS__RETRY_AFTER_S": "2",
+    "GLORE_LIMITS__MAX_BODY_BYTES": str(MAX_BODY),
+    "GLORE_LIMITS__MAX_QUESTION_CHARS": str(MAX_QUESTION),
+    "GLORE_LIMITS__MAX_NEW_TOKENS": "96",
+    "GLORE_LIMITS__MAX_N": "4",
+    "GLORE_DEFAULTS__MAX_NEW_TOKENS": "64",
+}
+STRATEGIES = ["glore", "greedy", "best_of_n", "global_only", "local_only"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoints: TinyCheckpoints) -> Iterator[ServerHandle]:
+    with start_server(tiny_checkpoints.run_dir, env=ENV) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerHandle) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def question() -> str:
+    return tiny_problems(1, seed=11)[0].question
+
+
+def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert list(body) == ["error"]
+    error = body["error"]
+    assert error["code"] == code and error["message"]
+    assert re.fullmatch(r"[0-9a-f]{32}", error["request_id"])
+    assert error["request_id"] == r.headers["x-request-id"]
+    assert "Traceback" not in r.text
+    return dict(error)
+
+
+def in_flight(client: httpx.Client) -> float:
+    text = client.get("/metrics").text
+    [value] = re.findall(r"^glore_in_flight_requests ([0-9.]+)$", text, re.M)
+    return float(value)
+
+
+class HeldRequest:
+    """A POST whose body is sent in two parts. The server admits it on its headers and waits
+    for the rest, so the request is in flight for as long as the test likes."""
+
+    def __init__(self, url: str, path: str, payload: dict[str, Any], headers: dict[str, str]):
+        parsed = urlparse(url)
+        self.body = json.dumps(payload).encode()
+        self.sock = socket.create_connection((parsed.hostname, parsed.port), timeout=120)
+        lines = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {parsed.netloc}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(self.body)}",
+            "Connection: close",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + self.body[:1])
+
+    def finish(self) -> tuple[int, dict[str, Any]]:
+        self.sock.sendall(self.body[1:])
+        data = b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        self.sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        return status, json.loads(body)
+
+
+def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---------------------------------------------------------------- /solve, every strategy
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_solve_answers_in_every_strategy(
+    client: httpx.Client, question: str, strategy: str
+) -> None:
+    r = client.post(
+        "/solve",
+        json={"question": question, "strategy": strategy, "n": 3, "seed": 1, "include_trace": True},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["strategy"] == strategy
+    labels = [c["label"] for c in body["candidates"]]
+    assert body["winner"] in labels
+    winner = body["candidates"][labels.index(body["winner"])]
+    # the winner is the ORM's best, and its text is the solution returned
+    assert winner["orm_score"] == max(c["orm_score"] for c in body["candidates"])
+    assert winner["text"] == body["solution"] == "\n".join(body["steps"])
+    assert body["answer"] == extract_answer(body["solution"])
+    assert all(0.0 <= c["orm_score"] <= 1.0 for c in body["candidates"])
+    assert all(c["text"] is not None for c in body["candidates"])
+    assert body["usage"]["completion_tokens"] == sum(c["num_tokens"] for c in body["candidates"])
+    assert body["timings"]["total"] > 0
+    if strategy == "best_of_n":
+        assert labels == ["sample_1", "sample_2", "sample_3"]
+    else:
+        assert labels[0] == "draft"
+
+
+def test_glore_with_refine_always_flags_a_step_and_refines_globally_and_locally(
+    client: httpx.Client, question: str
+) -> None:
+    r = client.post(
+        "/solve", json={"question": question, "refine": "always", "sorm_threshold": 0.9}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [c["label"] for c in body["candidates"]] == ["draft", "global", "local"]
+    scores = body["sorm_step_scores"]
+    assert len(scores) == body["candidates"][0]["num_steps"]
+    below = [i for i, p in enumerate(scores) if p < 0.9]
+    assert body["first_flagged_step"] == (below[0] if below else None)
+    decision = body["decision"]
+    assert decision["action"] == "refine" and decision["reason"] == "refine_always"
+    expected_target = below[0] if below else scores.index(min(scores))
+    assert decision["local_target_step"] == expected_target
+    assert {"draft", "score", "decide", "refine", "rerank"} <= set(body["timings"])
+    assert set(body["usage"]["by_role"]) <= {"policy", "refine_global", "refine_local"}
+
+
+def test_refine_auto_keeps_the_draft_when_the_orm_threshold_is_zero(
+    client: httpx.Client, question: str
+) -> None:
+    body = client.post("/solve", json={"question": question, "orm_threshold": 0.0}).json()
+    assert body["decision"]["action"] == "keep"
+    assert body["winner"] == "draft" and len(body["candidates"]) == 1
+
+
+# ---------------------------------------------------------------- OpenAI-compatible chat
+
+
+def test_the_openai_client_gets_a_chat_completion(server: ServerHandle, question: str) -> None:
+    oai = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    models = oai.models.list()
+    assert [m.id for m in models.data] == ["glore"]
+    completion = oai.chat.completions.create(
+        model="glore",
+        messages=[
+            {"role": "system", "content": "Solve step by step."},
+            {"role": "user", "content": question},
+        ],
+        max_tokens=64,
+        extra_body={"strategy": "best_of_n", "num_samples": 2, "seed": 3},
+    )
+    assert completion.object == "chat.completion"
+    [choice] = completion.choices
+    assert choice.message.role == "assistant"
+    glore = (completion.model_extra or {})["glore"]
+    assert choice.message.content == glore["solution"]
+    assert glore["strategy"] == "best_of_n" and len(glore["candidates"]) == 2
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == glore["usage"]["completion_tokens"]
+
+
+def test_the_openai_client_sees_auth_and_validation_errors(server: ServerHandle) -> None:
+    bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as auth:
+        bad.chat.completions.create(model="glore", messages=[{"role": "user", "content": "2+2?"}])
+    assert auth.value.status_code == 401
+    assert isinstance(auth.value.body, dict) and auth.value.body["code"] == "unauthorized"
+    good = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        good.chat.completions.create(
+            model="glore", messages=[{"role": "user", "content": "2+2?"}], n=2
+        )
+    assert isinstance(invalid.value.body, dict) and "n" in invalid.value.body["message"]
+
+
+# ---------------------------------------------------------------- every error status
+
+
+def test_401_without_a_valid_key_on_every_route_but_the_probes(
+    server: ServerHandle, question: str
+) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as anon:
+        assert anon.get("/health").status_code == 200
+        assert anon.get("/ready").status_code == 200
+        for path in ["/solve", "/v1/chat/completions"]:
+            assert_error(anon.post(path, json={"question": question}), 401, "unauthorized")
+        assert_error(anon.get("/metrics"), 401, "unauthorized")
+        r = anon.post("/solve", json={"question": question}, headers={"Authorization": "Bearer x"})
+        error = assert_error(r, 401, "unauthorized")
+    # the request id of the failure is in the server's JSON log
+    wait_until(lambda: error["request_id"] in server.logs(), what="the request id in the logs")
+    line = next(s for s in server.logs().splitlines() if error["request_id"] in s)
+    assert json.loads(line)["status"] == 401
+
+
+def test_413_for_a_body_over_the_limit(client: httpx.Client) -> None:
+    r = client.post("/solve", json={"question": "x" * (MAX_BODY + 10)})
+    error = assert_error(r, 413, "payload_too_large")
+    assert str(MAX_BODY) in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"question": "How many? " * 70}, "question"),  # over max_question_chars
+        ({"question": "q", "max_new_tokens": 97}, "max_new_tokens"),
+        ({"question": "q", "strategy": "best_of_n", "n": 5}, "n"),
+        ({"question": "q", "strategy": "beam_search"}, "strategy"),
+        ({"question": "q", "sorm_threshold": 2}, "sorm_threshold"),
+        ({"question": ""}, "question"),
+    ],
+)
+def test_422_names_the_offending_field(
+    client: httpx.Client, payload: dict[str, Any], field: str
+) -> None:
+    error = assert_error(client.post("/solve", json=payload), 422, "validation_error")
+    assert field in error["message"]
+    assert any(field in map(str, d["loc"]) for d in error["details"])
+
+
+def test_429_with_retry_after_when_max_in_flight_is_reached(
+    server: ServerHandle, client: httpx.Client, question: str
+) -> None:
+    held = HeldRequest(server.url, "/solve", {"question": question, "strategy": "greedy"}, AUTH)
+    wait_until(lambda: in_flight(client) == 1, what="the held request to be admitted")
+    r = client.post("/solve", json={"question": question})
+    assert_error(r, 429, "overloaded")
+    assert r.headers["retry-after"] == "2"
+    status, body = held.finish()
+    assert status == 200 and body["strategy"] == "greedy"
+    wait_until(lambda: in_flight(client) == 0, what="the slot to be released")
+    assert client.post("/solve", json={"question": question}).status_code == 200
+
+
+def test_504_when_the_solve_outlasts_its_time_limit(client: httpx.Client, question: str) -> None:
+    r = client.post("/solve", json={"question": question, "timeout_s": 0.001})
+    error = assert_error(r, 504, "timeout")
+    assert "0.001" in error["message"]
+    # the server is fine afterwards
+    assert client.post("/solve", json={"question": question}).status_code == 200
+
+
+def test_metrics_after_traffic(client: httpx.Client) -> None:
+    text = client.get("/metrics").text
+    for needle in [
+        'glore_stage_duration_seconds_count{stage="draft",strategy="glore"}',
+        'glore_winner_total{kind="sample",strategy="best_of_n"}',
+        'glore_refine_decisions_total{decision="refine",reason="refine_always",strategy="glore"}',
+        'glore_generated_tokens_total{role="refine_local"}',
+        'glore_errors_total{type="overloaded"} 1.0',
+        'glore_errors_total{type="timeout"} 1.0',
+        'glore_engine_ready{role="sorm"} 1.0',
+    ]:
+        assert needle in text, needle
+
+
+def test_503_until_loaded_when_a_checkpoint_is_broken(tmp_path: Path) -> None:
+    run = tmp_path / "broken-run"
+    for role in ["policy", "orm", "sorm", "refine_global", "refine_local"]:
+        (run / role).mkdir(parents=True)
+        (run / role / "config.json").write_text("{}")
+    with (
+        start_server(run, env={"OMP_NUM_THREADS": "1"}, wait="/health") as broken,
+        httpx.Client(base_url=broken.url, timeout=30) as c,
+    ):
+        error = assert_error(c.get("/ready"), 503, "not_ready")
+        wait_until(
+            lambda: "failed to load" in c.get("/ready").text, timeout=60, what="load failure"
+        )
+        error = assert_error(c.get("/ready"), 503, "not_ready")
+        assert {d["loc"][1] for d in error["details"]} == {
+            "policy",
+            "orm",
+            "sorm",
+            "refine_global",
+            "refine_local",
+        }
+        r = c.post("/solve", json={"question": "What is 2 + 2?"})
+        assert_error(r, 503, "not_ready")
+        assert r.headers["retry-after"] == "1"
+        assert c.get("/health").json() == {"status": "ok"}
+
+
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
+    tiny_checkpoints: TinyCheckpoints, question: str
+) -> None:
+    server = start_server(tiny_checkpoints.run_dir, env={"OMP_NUM_THREADS": "1"})
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            held = HeldRequest(server.url, "/solve", {"question": question}, {})
+            wait_until(lambda: in_flight(c) == 1, what="the held request to be admitted")
+            server.signal(signal.SIGTERM)
+            wait_until(lambda: c.get("/ready").status_code == 503, what="/ready to turn 503")
+            assert_error(c.get("/ready"), 503, "shutting_down")
+            r = c.post("/solve", json={"question": question})
+            assert_error(r, 503, "shutting_down")
+            assert "retry-after" in r.headers
+            assert server.alive()
+        # the request that was in flight when the signal came still gets its answer
+        status, body = held.finish()
+        assert status == 200 and body["answer"] == extract_answer(body["solution"])
+        server.wait(timeout=30)
+        assert "drained; stopping" in server.logs()
+    finally:
+        server.stop()
+
+
+def test_glore_serve_refuses_a_run_without_checkpoints(tmp_path: Path) -> None:
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    handle = start_server(empty, wait=None)
+    assert handle.wait(timeout=60) == 2
+    assert "no checkpoint for policy" in handle.logs()
+
+
+def test_uvicorn_factory_serves_the_same_app_from_env(
+    tiny_checkpoints: TinyCheckpoints, question: str
+) -> None:
+    """The deploy image may run `uvicorn --factory service.app:create_app`: settings from env."""
+    with (
+        start_server(
+            tiny_checkpoints.run_dir, env={"OMP_NUM_THREADS": "1"}, uvicorn_factory=True
+        ) as handle,
+        httpx.Client(base_url=handle.url, timeout=60) as c,
+    ):
+        r = c.post("/solve", json={"question": question, "strategy": "greedy"})
+        assert r.status_code == 200, r.text
+        assert r.json()["winner"] == "draft"
