@@ -27,6 +27,10 @@ _SOLVE_EXAMPLE: dict[str, Any] = {
 }
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class Knobs(BaseModel):
     """The strategy and its knobs, shared by /solve and the chat endpoint. None: server default."""
 
@@ -96,9 +100,16 @@ class CandidateOut(BaseModel):
     num_steps: int
     num_tokens: int
     finish_reason: FinishReason
-    text: str | None = Field(default=None, description="Full text (with include_trace).")
-    orm_step_scores: list[float] | None = Field(default=None, description="With include_trace.")
-    sorm_step_scores: list[float] | None = Field(default=None, description="With include_trace.")
+    # Trace fields: present only with include_trace (and the SORM's only where it was consulted).
+    text: str | None = Field(
+        default=None, exclude_if=_absent, description="Full text (with include_trace)."
+    )
+    orm_step_scores: list[float] | None = Field(
+        default=None, exclude_if=_absent, description="ORM score per step (with include_trace)."
+    )
+    sorm_step_scores: list[float] | None = Field(
+        default=None, exclude_if=_absent, description="SORM score per step (with include_trace)."
+    )
 
 
 class Usage(BaseModel):
