@@ -70,6 +70,25 @@ def step_tag_id(tokenizer: Any, path: str) -> int:
     return int(ids[0])
 
 
+def check_reward_config(path: str) -> None:
+    """Refuse a checkpoint that is not a 2-label token-classification reward model."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith("ForTokenClassification") for a in archs):
+        raise EngineLoadError(
+            f"a reward model needs a token-classification head, the checkpoint is {archs}",
+            path=path,
+        )
+    if getattr(config, "num_labels", None) != 2:
+        raise EngineLoadError(
+            "a reward model needs 2 labels (1 = correct), "
+            f"config has num_labels={getattr(config, 'num_labels', None)}",
+            path=path,
+        )
+
+
 def reward_token_ids(tokenizer: Any, tag_id: int, request: ScoreRequest) -> list[int]:
     """Token ids of a request's reward input; both backends score exactly these ids."""
     if not request.steps:
@@ -361,15 +380,9 @@ class HFScorer(_HFEngine):
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
 
     def _load_model(self) -> Any:
-        from transformers import AutoConfig, AutoModelForTokenClassification
+        from transformers import AutoModelForTokenClassification
 
-        config = AutoConfig.from_pretrained(self.path)
-        if getattr(config, "num_labels", None) != 2:
-            raise EngineLoadError(
-                f"a reward model needs a 2-label token-classification head, "
-                f"config has num_labels={getattr(config, 'num_labels', None)}",
-                path=self.path,
-            )
+        check_reward_config(self.path)
         return AutoModelForTokenClassification.from_pretrained(self.path, dtype=self.dtype)
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[StepScores]:

@@ -30,7 +30,13 @@ from engines.base import (
     ScoreRequest,
     StepScores,
 )
-from engines.hf import load_tokenizer, reward_token_ids, step_probs, step_tag_id
+from engines.hf import (
+    check_reward_config,
+    load_tokenizer,
+    reward_token_ids,
+    step_probs,
+    step_tag_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +373,15 @@ class VLLMScorer(_VLLMEngine):
         cpu_kvcache_space_gib: int | None = None,
         max_num_seqs: int | None = None,
     ) -> None:
+        if Path(path).is_dir():
+            try:
+                check_reward_config(str(path))
+            except EngineLoadError:
+                raise
+            except Exception as exc:
+                raise EngineLoadError(
+                    f"cannot read the scorer config: {exc}", path=str(path)
+                ) from exc
         super().__init__(
             path,
             kind="scorer",
