@@ -366,3 +366,20 @@ def test_uvicorn_factory_serves_the_same_app_from_env(
         r = c.post("/solve", json={"question": question, "strategy": "greedy"})
         assert r.status_code == 200, r.text
         assert r.json()["winner"] == "draft"
+
+
+def test_glore_serve_trains_a_missing_run_first_and_says_so(tmp_path: Path) -> None:
+    """The README's main command: a fresh run directory is trained (smoke preset here, for
+    time), then served."""
+    run = tmp_path / "fresh-run"
+    with start_server(
+        run, env={"OMP_NUM_THREADS": "1"}, args=["--train-if-missing", "smoke"], timeout=600
+    ) as server:
+        logs = server.logs()
+        assert "has no trained checkpoints: training the 'smoke' preset first" in logs
+        assert "training finished" in logs
+        assert (run / "manifest.json").is_file()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            r = c.post("/solve", json={"question": "Ana has 7 pens. Ana gets 4 more. How many?"})
+            assert r.status_code == 200, r.text
+            assert r.json()["strategy"] == "glore"
