@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import math
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from tests.integration.deploy.harness import (
     run_prometheus,
     wait_until,
 )
-from tests.support.server import start_server
+from tests.support.server import ServerHandle, start_server
 from tests.support.tiny_models import TinyCheckpoints, tiny_problems
 
 # Short generations: the point is the plumbing, not the answers.
@@ -41,14 +40,15 @@ REPLICA_ENV = {"OMP_NUM_THREADS": "1", "GLORE_LOG_LEVEL": "WARNING"}
 
 
 @pytest.fixture(scope="module")
-def replicas(tiny_checkpoints: TinyCheckpoints) -> Iterator[list[Any]]:
+def replicas(tiny_checkpoints: TinyCheckpoints) -> Iterator[list[ServerHandle]]:
     """Two live glore servers on loopback, serving the tiny run directory."""
     # Fail before the slow part when a program is missing.
     require_binary("prometheus")
     require_binary("nginx")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         starting = [
-            pool.submit(start_server, tiny_checkpoints.run_dir, env=REPLICA_ENV) for _ in range(2)
+            pool.submit(start_server, tiny_checkpoints.run_dir, env=REPLICA_ENV, timeout=120)
+            for _ in range(2)
         ]
         servers = [f.result() for f in starting]
     try:
@@ -94,7 +94,7 @@ def _finite(result: list[dict[str, Any]]) -> bool:
 
 
 def test_prometheus_scrapes_both_replicas_and_every_dashboard_query_returns_data(
-    replicas: list[Any], tmp_path: Path
+    replicas: list[ServerHandle], tmp_path: Path
 ) -> None:
     urls = [s.url for s in replicas]
     targets = [u.removeprefix("http://") for u in urls]
@@ -159,8 +159,51 @@ def test_prometheus_scrapes_both_replicas_and_every_dashboard_query_returns_data
         assert "GloreReplicaDown" not in firing
 
 
+def test_nginx_retries_on_the_other_replica_while_one_drains_after_sigterm(
+    replicas: list[ServerHandle], tiny_checkpoints: TinyCheckpoints, tmp_path: Path
+) -> None:
+    """A draining replica answers 503 shutting_down before doing any work: nginx must pass the
+    POST on to the other replica (`http_503 non_idempotent`), so a rolling restart drops nothing.
+    """
+    steady = replicas[0]
+    # Its own replica: it stays in the draining state for a while after SIGTERM.
+    draining = start_server(
+        tiny_checkpoints.run_dir,
+        env={**REPLICA_ENV, "GLORE_SHUTDOWN_DELAY_S": "20"},
+        timeout=120,
+    )
+    upstreams = [h.url.removeprefix("http://") for h in (steady, draining)]
+    body = {"question": _questions(1)[0], "strategy": "greedy", "max_new_tokens": MAX_NEW_TOKENS}
+    try:
+        with (
+            run_nginx(DEPLOY / "nginx.conf", upstreams, tmp_path / "nginx") as nginx,
+            httpx.Client(base_url=nginx.url, timeout=120) as client,
+        ):
+            for _ in range(2):
+                assert client.post("/solve", json=body).status_code == 200
+            draining.signal(signal.SIGTERM)
+            wait_until(
+                lambda: httpx.get(f"{draining.url}/ready", timeout=2).status_code == 503,
+                timeout=10,
+                what="the draining replica's /ready to turn 503",
+            )
+            direct = httpx.post(f"{draining.url}/solve", json=body, timeout=30)
+            assert direct.status_code == 503, direct.text
+            assert direct.json()["error"]["code"] == "shutting_down"
+            for i in range(4):
+                r = client.post("/solve", json=body, headers={"X-Request-Id": f"drain-{i}"})
+                assert r.status_code == 200, f"request {i} during the drain: {r.text}"
+            assert draining.alive(), "the replica should still be draining"
+    finally:
+        draining.stop()
+    log = [e for e in nginx_access_log(nginx.log) if e["request_id"].startswith("drain-")]
+    assert len(log) == 4 and all(e["status"] == 200 for e in log), log
+    assert all(e["upstream"].split(", ")[-1] == upstreams[0] for e in log), log
+    assert any(e["upstream_status"] == "503, 200" for e in log), log
+
+
 def test_nginx_keeps_answering_through_the_surviving_replica_when_one_dies(
-    replicas: list[Any], tmp_path: Path
+    replicas: list[ServerHandle], tmp_path: Path
 ) -> None:
     survivor, victim = replicas
     upstreams = [s.url.removeprefix("http://") for s in replicas]
@@ -180,8 +223,8 @@ def test_nginx_keeps_answering_through_the_surviving_replica_when_one_dies(
         assert set(upstreams) <= served_before, f"nginx did not spread load: {served_before}"
 
         # Kill, not stop: the replica vanishes without draining, as in a crash.
-        os.kill(victim.pid, signal.SIGKILL)
-        wait_until(lambda: victim.poll() is not None, timeout=10, what="replica killed")
+        victim.signal(signal.SIGKILL)
+        wait_until(lambda: not victim.alive(), timeout=10, what="replica killed")
 
         for i in range(6):
             r = client.post("/solve", json=body, headers={"X-Request-Id": f"after-{i}"})
@@ -200,4 +243,4 @@ def test_nginx_keeps_answering_through_the_surviving_replica_when_one_dies(
     retried = [e for e in log if "," in e["upstream"]]
     assert retried, f"no request was retried away from the dead replica: {log}"
     assert len(retried) < len(log), "the dead replica should be skipped after max_fails"
-    assert survivor.poll() is None
+    assert survivor.alive(), survivor.logs()[-2000:]
