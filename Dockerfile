@@ -129,6 +129,19 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     GLORE_RUN_DIR=/models
+# Every role on vLLM, sharing one GPU: each engine reserves its fraction of GPU memory, so the
+# fractions must add up to less than 1 (roles on the same checkpoint share one engine). Override
+# per role with `-e GLORE_<ROLE>__BACKEND=hf` or `-e GLORE_<ROLE>__OPTIONS='{...}'`.
+ENV GLORE_POLICY__BACKEND=vllm \
+    GLORE_REFINE_GLOBAL__BACKEND=vllm \
+    GLORE_REFINE_LOCAL__BACKEND=vllm \
+    GLORE_ORM__BACKEND=vllm \
+    GLORE_SORM__BACKEND=vllm \
+    GLORE_POLICY__OPTIONS='{"gpu_memory_utilization": 0.24}' \
+    GLORE_REFINE_GLOBAL__OPTIONS='{"gpu_memory_utilization": 0.24}' \
+    GLORE_REFINE_LOCAL__OPTIONS='{"gpu_memory_utilization": 0.24}' \
+    GLORE_ORM__OPTIONS='{"gpu_memory_utilization": 0.1}' \
+    GLORE_SORM__OPTIONS='{"gpu_memory_utilization": 0.1}'
 # Numeric, so orchestrators can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /home/glore

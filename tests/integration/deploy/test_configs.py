@@ -7,16 +7,21 @@ nginx, Prometheus, Grafana and service/metrics.py is checked by reading the file
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from engines.base import Backend
 from service.metrics import Metrics
+from service.settings import Settings
 from tests.integration.deploy.harness import (
     DASHBOARD,
     DATASOURCES,
@@ -259,3 +264,29 @@ def test_every_metric_the_dashboard_and_alerts_query_is_one_the_service_exports(
     assert len(used) >= 8, used
     unknown = used - exported
     assert not unknown, f"not exported by service/metrics.py: {sorted(unknown)}"
+
+
+def test_a_missing_program_fails_the_test_instead_of_skipping_it() -> None:
+    with pytest.raises(pytest.fail.Exception, match="not installed"):
+        require_binary("glore-no-such-program")
+
+
+def test_gpu_image_env_puts_every_role_on_vllm_within_one_gpus_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env: dict[str, str] = {}
+    for line in _stages(DOCKERFILE.read_text())["gpu"]:
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[4:]):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    for key in [k for k in os.environ if k.startswith("GLORE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("GLORE_"):
+            monkeypatch.setenv(key, value)
+    specs = Settings().engine_specs()
+    assert {spec.backend for spec in specs.values()} == {Backend.VLLM}
+    assert all(spec.path == f"/models/{role.value}" for role, spec in specs.items())
+    reserved = sum(float(spec.options["gpu_memory_utilization"]) for spec in specs.values())
+    assert reserved < 0.95, f"the five engines reserve {reserved:.2f} of the GPU"
