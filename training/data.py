@@ -33,9 +33,10 @@ def sft_example(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str
     """The prompt tokenised exactly as a generator tokenises it, then the completion and EOS.
 
     Tokenising the two parts separately (not the concatenated text) is what makes the training
-    sequence match what the engine feeds the model at inference time.
+    sequence match what the engine feeds the model at inference time; like the engines, no
+    special tokens (BOS) are added.
     """
-    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return SFTExample(input_ids=p + c, labels=[IGNORE] * len(p) + c)
 
@@ -47,7 +48,7 @@ def reward_example(
     labels: Sequence[float | None],
 ) -> RewardExample:
     """`engines.text.reward_input` tokenised, with step i's label at the i-th STEP_TAG."""
-    ids = tokenizer(reward_input(question, steps), add_special_tokens=True)["input_ids"]
+    ids = tokenizer(reward_input(question, steps), add_special_tokens=False)["input_ids"]
     tag = step_tag_id(tokenizer)
     positions = [i for i, t in enumerate(ids) if t == tag]
     if len(positions) != len(steps):

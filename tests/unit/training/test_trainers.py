@@ -25,6 +25,15 @@ RUN = RunConfig(model=MODEL)
 TRAIN = TrainConfig(epochs=1, batch_size=4, lr=3e-3, warmup_steps=1, log_every=1, max_steps=3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads per process on two shared cores spin-wait; one is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def problems():
     return generate_problems(TaskConfig.tiny(), 12, seed=5)

@@ -1,0 +1,86 @@
+"""`glore train all|policy|rollouts|orm|sorm|refiners`: run the pipeline, or one stage of it.
+
+Only stdlib at the top: torch and transformers load inside `run()`, so `glore --help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+STAGES = ("all", "policy", "rollouts", "orm", "sorm", "refiners")
+
+
+class _TrainParser(argparse.ArgumentParser):
+    """Takes `key=value` overrides after the options too (`train all --out X seed=1`).
+
+    argparse fills a `*` positional from the first run of positionals only (the stage), so
+    overrides written after the options come back unrecognised; this collects them.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        namespace, extras = super().parse_known_args(args, namespace)
+        late = [a for a in extras if "=" in a and not a.startswith("-")]
+        if late:
+            namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *late]
+            extras = [a for a in extras if a not in late]
+        return namespace, extras
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.__class__ = _TrainParser
+    parser.add_argument(
+        "stage",
+        choices=STAGES,
+        help="all: policy -> rollouts -> orm -> sorm -> refiners; or one stage on its own",
+    )
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="a recipe under training/recipes (smoke, tiny); default tiny")
+    src.add_argument("--recipe", type=Path, help="a YAML recipe file (e.g. example-gsm8k.yaml)")
+    parser.add_argument(
+        "--out", type=Path, help="run directory (default runs/<preset or recipe name>)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rerun the named stage(s) even if finished"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="recipe overrides, e.g. policy.lr=3e-4 rollouts.k=4 seed=1",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(preset=args.preset, recipe=args.recipe, overrides=list(args.overrides))
+    except ConfigError as exc:
+        print(f"glore train: {exc}", file=sys.stderr)
+        return 2
+    name = args.preset or (args.recipe.stem if args.recipe else "tiny")
+    out: Path = args.out or Path("runs") / name
+    if cfg.name == "run":
+        cfg.name = out.name
+
+    from training.pipeline import ALL_STAGES, Stage, run_stages
+
+    stages = list(ALL_STAGES) if args.stage == "all" else [Stage(args.stage)]
+    try:
+        manifest = run_stages(cfg, out, stages, force=args.force)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"glore train {args.stage}: {exc}", file=sys.stderr)
+        return 1
+    if manifest.data.get("processes", 1) == 1 or _is_main():
+        print(f"[glore train] {args.stage}: finished; manifest at {manifest.path}")
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
