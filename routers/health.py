@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 
-from service.errors import ErrorCode, responses
+from service.errors import ErrorCode, ServiceError, responses
 from service.schemas import Health, Ready, RoleStatus
 from service.state import ServiceState, get_state
 
@@ -26,8 +27,11 @@ async def health() -> Health:
     responses=responses(ErrorCode.NOT_READY, ErrorCode.SHUTTING_DOWN),
     summary="Readiness: every role loaded and healthy, and not shutting down",
 )
-async def ready(state: StateDep) -> Ready:
-    state.check_ready()
+async def ready(state: StateDep) -> Ready | JSONResponse:
+    try:
+        state.check_ready()
+    except ServiceError as exc:
+        return state.from_error(exc, count=False)
     return Ready(
         roles={
             role.value: RoleStatus(healthy=ok, detail=detail)

@@ -6,7 +6,13 @@ fixed label sets (never a request id or a question).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from engines.base import Role
 from service.pipeline import Solution
@@ -21,6 +27,8 @@ class Metrics:
     do not collide)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # The `_created` series double every counter's output and no dashboard reads them.
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.request_duration = Histogram(

@@ -76,16 +76,21 @@ class ServiceState:
         *,
         details: list[ErrorDetail] | None = None,
         headers: dict[str, str] | None = None,
+        count: bool = True,
     ) -> JSONResponse:
-        """The one error body, counted in glore_errors_total."""
-        self.metrics.errors.labels(type=code.value).inc()
+        """The one error body, counted in glore_errors_total (unless `count` is False: a probe
+        saying "not ready" is an answer, not a failed request)."""
+        if count:
+            self.metrics.errors.labels(type=code.value).inc()
         body = error_body(
             code, message, request_id_var.get(), [d.model_dump() for d in details or []]
         )
         return JSONResponse(body, status_code=STATUS[code], headers=headers)
 
-    def from_error(self, exc: ServiceError) -> JSONResponse:
-        return self.error_response(exc.code, exc.message, details=exc.details, headers=exc.headers)
+    def from_error(self, exc: ServiceError, *, count: bool = True) -> JSONResponse:
+        return self.error_response(
+            exc.code, exc.message, details=exc.details, headers=exc.headers, count=count
+        )
 
 
 def get_state(request: Request) -> ServiceState:
