@@ -120,6 +120,9 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
         state.role_status()  # refresh glore_engine_ready
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    state.route_paths = frozenset(
+        path for route in app.routes if isinstance(path := getattr(route, "path", None), str)
+    )
     _document_auth(app, settings)
     return app
 

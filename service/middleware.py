@@ -68,8 +68,10 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None)
+            template = route or (
+                scope["path"] if scope["path"] in self.state.route_paths else "unmatched"
+            )
             self.state.metrics.request_duration.labels(
                 route=template, method=scope["method"], status=str(status["code"])
             ).observe(seconds)

@@ -367,5 +367,19 @@ class RoleStatus(BaseModel):
 
 
 class Ready(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ready",
+                    "roles": {
+                        role: {"healthy": True, "detail": ""}
+                        for role in ("policy", "orm", "sorm", "refine_global", "refine_local")
+                    },
+                }
+            ]
+        }
+    )
+
     status: Literal["ready"] = "ready"
     roles: dict[str, RoleStatus]

@@ -30,6 +30,9 @@ class ServiceState:
     draining: bool = False
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # The app's route paths, so a request refused before routing (401, 413, 429) is still
+    # labelled with its route in the latency histogram.
+    route_paths: frozenset[str] = frozenset()
 
     def role_status(self) -> dict[Role, tuple[bool, str]]:
         """Each role's health: loading, failed to load, or what its engine says."""

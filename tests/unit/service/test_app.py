@@ -369,6 +369,11 @@ def test_api_keys_guard_every_route_but_the_probes(engines: FakeEngineSet) -> No
             r = c.request(method, path, json={"question": Q})
             assert_error(r, 401, "unauthorized")
             assert r.headers["www-authenticate"] == "Bearer"
+        text = c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        assert (
+            'glore_request_duration_seconds_count{method="POST",route="/solve",status="401"}'
+            in text
+        )
         bad = {"Authorization": "Bearer wrong"}
         assert_error(c.post("/solve", json={"question": Q}, headers=bad), 401, "unauthorized")
         good = {"Authorization": f"Bearer {KEY}"}
