@@ -1,0 +1,67 @@
+"""What only the transformers backend promises: micro-batching, device choice, closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engines.base import EngineError, SamplingParams
+from engines.hf import HFGenerator, HFScorer, resolve_device
+from engines.text import policy_prompt
+from tests.support.tiny_models import TinyCheckpoints, tiny_problems
+
+PROMPTS = [policy_prompt(p.question) for p in tiny_problems(16, seed=303)]
+
+
+async def test_sixteen_concurrent_callers_share_batches(tiny_checkpoints: TinyCheckpoints) -> None:
+    gen = HFGenerator(tiny_checkpoints.policy, device="cpu", batch_wait_ms=20)
+    try:
+        params = SamplingParams(max_new_tokens=48)
+        results = await asyncio.gather(*(gen.generate([p], params) for p in PROMPTS))
+        assert len(results) == 16
+        stats = gen.batcher.stats
+        assert stats.items == 16
+        assert stats.batches < 16 and stats.largest_batch > 1
+    finally:
+        await gen.close()
+
+
+async def test_a_closed_engine_reports_unhealthy_and_refuses_calls(
+    tiny_checkpoints: TinyCheckpoints,
+) -> None:
+    scorer = HFScorer(tiny_checkpoints.scorer, device="cpu")
+    assert scorer.health().healthy
+    await scorer.close()
+    assert not scorer.health().healthy
+    from engines.base import ScoreRequest
+
+    with pytest.raises(EngineError, match="closed"):
+        await scorer.score([ScoreRequest("How many?", ("1 + 1 = 2", "The answer is 2."))])
+
+
+def test_auto_device_picks_cuda_only_when_a_gpu_is_present() -> None:
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_an_unknown_dtype_is_refused_by_name(tiny_checkpoints: TinyCheckpoints) -> None:
+    from engines.base import EngineLoadError
+
+    with pytest.raises(EngineLoadError, match="dtype"):
+        HFGenerator(tiny_checkpoints.policy, dtype="float8")
+
+
+def test_the_engine_serves_successive_event_loops(tiny_checkpoints: TinyCheckpoints) -> None:
+    """Training code calls asyncio.run per step; one loaded engine must serve them all."""
+    gen = HFGenerator(tiny_checkpoints.policy, device="cpu")
+    params = SamplingParams(max_new_tokens=32)
+    first = asyncio.run(gen.generate(PROMPTS[:2], params))
+    second = asyncio.run(gen.generate(PROMPTS[:2], params))
+    assert first == second
+    asyncio.run(gen.close())
