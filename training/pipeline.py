@@ -468,8 +468,13 @@ def _ckpt_hash(path: Path) -> str:
     return dir_hash(path, "*.safetensors")
 
 
-def _n_params(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _n_params(model: Any) -> dict[str, int]:
+    """Parameters of the saved model (LoRA adapters are merged, so not counted) and trained."""
+    named = list(model.named_parameters())
+    return {
+        "total": sum(p.numel() for n, p in named if "lora_" not in n),
+        "trained": sum(p.numel() for _, p in named if p.requires_grad),
+    }
 
 
 STAGE_FUNCS: dict[Stage, Callable[[Run], dict[str, Any]]] = {
