@@ -122,6 +122,7 @@ def train(
     truncated solution would teach the model to stop mid-answer.
     """
     acc = accelerator()
+    acc.gradient_accumulation_steps = cfg.grad_accum  # accumulate() and backward() read it
     result = TrainResult()
     kept = [e for e in examples if len(e.input_ids) <= cfg.max_length]
     result.dropped_too_long = len(examples) - len(kept)
@@ -148,7 +149,7 @@ def train(
     bar = tqdm(total=total, desc=desc, unit="step", disable=not acc.is_local_main_process)
     start = time.perf_counter()
     running, count, step = 0.0, 0, 0
-    for i, batch in enumerate(loader):
+    for batch in loader:
         with acc.accumulate(model):
             loss = loss_fn(model, batch)
             acc.backward(loss)
@@ -162,7 +163,7 @@ def train(
         count += 1
         result.examples += batch["input_ids"].shape[0]
         result.tokens += int(batch["attention_mask"].sum())
-        if (i + 1) % cfg.grad_accum:
+        if not acc.sync_gradients:  # mid-accumulation: no optimizer step was taken
             continue
         step += 1
         bar.update(1)

@@ -196,3 +196,16 @@ def test_lora_trains_adapters_and_saves_a_plain_checkpoint(tokenizer, problems, 
     save_checkpoint(model, tokenizer, tmp_path / "ckpt")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     assert not any("lora" in n for n, _ in loaded.named_parameters())
+
+
+def test_gradient_accumulation_takes_one_optimizer_step_per_group(tokenizer, problems) -> None:
+    from dataclasses import replace
+
+    cfg = replace(TRAIN, grad_accum=2, max_steps=None, epochs=1.0)
+    model = new_policy(MODEL, tokenizer, seed=0)
+    _, result = fit_sft(
+        model, tokenizer, policy_examples(tokenizer, problems), cfg, RUN, seed=0, desc="acc"
+    )
+    # 12 examples, batches of 4: three micro-batches make a group of 2, then the tail steps alone
+    assert result.examples == 12
+    assert result.steps == 2
