@@ -92,7 +92,13 @@ class _Runtime:
             coro.close()
             raise EngineError(f"{self.name} is closed")
         fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return await asyncio.wrap_future(fut)
+        try:
+            return await asyncio.wrap_future(fut)
+        except (EngineError, ValueError, TypeError):
+            raise  # ours, or vLLM refusing a request (VLLMValidationError is a ValueError)
+        except Exception as exc:
+            # EngineDeadError, EngineGenerateError, ...: callers see one error type.
+            raise EngineError(f"{self.name} failed: {exc!r}") from exc
 
     def health(self) -> EngineHealth:
         if self.closed:
