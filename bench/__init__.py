@@ -1,0 +1,1 @@
+"""Benchmarks that write JSON and markdown reports under reports/ (`glore bench ...`)."""

@@ -278,12 +278,12 @@ class HFGenerator(_HFEngine):
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
+        active = list(range(b))  # original row index of each row still in the batch
         while True:
-            next_ids = self._choose(logits.float(), rows, generators)
-            for i in range(b):
-                if finish[i] is not None:
-                    continue
-                t = int(next_ids[i])
+            next_ids = self._choose(
+                logits.float(), [rows[i] for i in active], [generators[i] for i in active]
+            ).tolist()
+            for i, t in zip(active, next_ids, strict=True):
                 out_ids[i].append(t)
                 if t in self.eos_ids:
                     finish[i] = "stop"
@@ -298,12 +298,21 @@ class HFGenerator(_HFEngine):
                     finish[i] = "length"
             # Rows whose caller went away count as done, so an abandoned batch ends early.
             gone = cancelled()
-            if all(f is not None or g for f, g in zip(finish, gone, strict=True)):
+            keep = [k for k, i in enumerate(active) if finish[i] is None and not gone[i]]
+            if not keep:
                 break
-            mask = torch.cat([mask, mask.new_ones((b, 1))], dim=1)
+            if len(keep) < len(active):
+                # Drop finished rows from the batch and its KV cache: the long tail runs lean.
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, positions = mask[index], positions[index]
+                active = [active[k] for k in keep]
+                next_ids = [next_ids[k] for k in keep]
+            n = len(active)
+            mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
             positions = positions[:, -1:] + 1
             logits = self.model(
-                input_ids=next_ids.view(b, 1),
+                input_ids=torch.tensor(next_ids, device=self.device).view(n, 1),
                 attention_mask=mask,
                 position_ids=positions,
                 past_key_values=cache,

@@ -1,0 +1,54 @@
+"""`glore bench`: engines (HF vs vLLM throughput, one-pass scoring, micro-batching) and service."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="{engines,service}", required=True)
+    p = sub.add_parser(
+        "engines",
+        help="generation tokens/s (HF, vLLM), one-pass vs per-prefix scoring, micro-batching",
+        description="Measure the engines on one checkpoint pair and write "
+        "reports/bench-engines.json and reports/bench-engines.md.",
+    )
+    p.add_argument("--policy", help="causal-LM checkpoint (default: the tiny test checkpoints)")
+    p.add_argument("--scorer", help="token-classification checkpoint (default: the tiny ones)")
+    p.add_argument("--out", default="reports", help="folder for the reports (default: reports)")
+    p.add_argument(
+        "--backends", default="hf,vllm", help="comma-separated backends (default: hf,vllm)"
+    )
+    p.add_argument(
+        "--batches", default="1,8,64", help="comma-separated batch sizes (default: 1,8,64)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=64, help="per generation (default 64)")
+    p.add_argument("--device", default="auto", help="HF device: auto, cpu, cuda (default auto)")
+    p.add_argument("--dtype", default="float32", help="both backends (default float32)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for HF (default 1: on a small shared CPU, multi-threaded tiny ops wait on each other)",
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="repeat each measurement until it has run this long (default 2)",
+    )
+    p.add_argument("--callers", type=int, default=16, help="concurrent callers (default 16)")
+    p.add_argument(
+        "--vllm-kv-cache-gib", type=int, default=1, help="vLLM CPU KV cache (GiB, default 1)"
+    )
+    sub.add_parser("service", help="service load test (not yet)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bench == "engines":
+        from bench.engines import run_engines_bench
+
+        return run_engines_bench(args)
+    print("glore bench service: not yet", file=sys.stderr)
+    return 2
