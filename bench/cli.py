@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads for HF (default 1: on a small shared CPU, multi-threaded tiny ops wait on each other)",
+        help="torch CPU threads for HF (default 1: on a small shared CPU, threads of tiny ops "
+        "wait on each other)",
     )
     p.add_argument(
         "--min-seconds",
