@@ -167,6 +167,20 @@ class _HFEngine:
         return self._batcher
 
 
+def _adapter_path(
+    path: str | Path, adapters: dict[str, str] | None, adapter: str | None
+) -> str | None:
+    if adapter is None:
+        return None
+    if not adapters or adapter not in adapters:
+        raise EngineLoadError(
+            f"adapter {adapter!r} is not in lora_adapters {sorted(adapters or {})}", path=str(path)
+        )
+    if not Path(adapters[adapter]).is_dir():
+        raise EngineLoadError(f"no LoRA adapter {adapter!r} at {adapters[adapter]}", path=str(path))
+    return adapters[adapter]
+
+
 @dataclass
 class _Row:
     """One sequence to sample: a prompt and the sample index within its n."""
@@ -188,7 +202,11 @@ class HFGenerator(_HFEngine):
         max_batch_size: int = 64,
         batch_wait_ms: float = 5.0,
         name: str | None = None,
+        lora_adapters: dict[str, str] | None = None,
+        adapter: str | None = None,
     ) -> None:
+        # Read by _load_model: the chosen LoRA adapter is merged into the weights once.
+        self._adapter_path = _adapter_path(path, lora_adapters, adapter)
         super().__init__(
             path,
             device=device,
@@ -198,6 +216,7 @@ class HFGenerator(_HFEngine):
             name=name,
             kind="generator",
         )
+        self.adapter = adapter
         self.tokenizer.padding_side = "left"
         self.eos_ids = self._eos_ids()
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
@@ -205,7 +224,12 @@ class HFGenerator(_HFEngine):
     def _load_model(self) -> Any:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
+        if self._adapter_path is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self._adapter_path).merge_and_unload()
+        return model
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}

@@ -180,22 +180,69 @@ class EngineSet:
 def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     """Load every role; roles with the same (path, backend, options) share one engine.
 
-    On a failure, the engines already loaded are closed and EngineLoadError names the role.
+    vLLM generators that differ only in their LoRA adapter also share one engine (the union of
+    their `lora_adapters`), each role a view applying its own `adapter`. On a failure, the
+    engines already loaded are closed and EngineLoadError names the role.
     """
+    groups: dict[tuple[Any, ...], tuple[Role, EngineSpec, dict[str, Any]]] = {}
+    role_keys: dict[Role, tuple[Any, ...]] = {}
+    for role, spec in specs.items():
+        role = Role(role)
+        key = _share_key(role, _base_spec(role, spec))
+        role_keys[role] = key
+        if key not in groups:
+            groups[key] = (role, _base_spec(role, spec), {})
+        groups[key][2].update(_adapters(role, spec))
+
     loaded: dict[tuple[Any, ...], Engine] = {}
     by_role: dict[Role, Engine] = {}
     try:
         for role, spec in specs.items():
             role = Role(role)
-            key = _share_key(role, spec)
+            key = role_keys[role]
             if key not in loaded:
-                log.info("loading %s from %s (%s)", role.value, spec.path, spec.backend)
-                loaded[key] = load_engine(role, spec)
-            by_role[role] = loaded[key]
+                first_role, base, adapters = groups[key]
+                if adapters:
+                    base = EngineSpec(
+                        base.path, base.backend, {**base.options, "lora_adapters": adapters}
+                    )
+                log.info("loading %s from %s (%s)", first_role.value, spec.path, spec.backend)
+                loaded[key] = load_engine(first_role, base)
+            engine = loaded[key]
+            adapter = spec.options.get("adapter") if _shares_adapters(role, spec) else None
+            if adapter is not None:
+                try:
+                    engine = engine.with_adapter(str(adapter))  # type: ignore[attr-defined]
+                except ValueError as exc:
+                    raise EngineLoadError(str(exc), role=str(role), path=spec.path) from exc
+            by_role[role] = engine
     except BaseException:
         _close_now(list(loaded.values()))
         raise
     return EngineSet(by_role)
+
+
+def _shares_adapters(role: Role, spec: EngineSpec) -> bool:
+    return str(spec.backend) == Backend.VLLM.value and not role.is_scorer
+
+
+def _base_spec(role: Role, spec: EngineSpec) -> EngineSpec:
+    """The spec without its per-role LoRA choice, when adapters can share a base engine."""
+    if not _shares_adapters(role, spec):
+        return spec
+    options = {k: v for k, v in spec.options.items() if k not in ("adapter", "lora_adapters")}
+    return EngineSpec(spec.path, spec.backend, options)
+
+
+def _adapters(role: Role, spec: EngineSpec) -> dict[str, Any]:
+    if not _shares_adapters(role, spec):
+        return {}
+    adapters = spec.options.get("lora_adapters") or {}
+    if not isinstance(adapters, Mapping):
+        raise EngineLoadError(
+            "lora_adapters must map adapter names to paths", role=str(role), path=spec.path
+        )
+    return dict(adapters)
 
 
 def _close_now(engines: list[Engine]) -> None:

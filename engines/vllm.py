@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import logging
 import os
 import threading
@@ -329,6 +330,19 @@ class VLLMGenerator(_VLLMEngine):
         # The adapter applied to every call (a role's fine-tune on a shared base), or None.
         self.adapter = adapter
         self._default_lora = self._lora(adapter)
+
+    def with_adapter(self, adapter: str | None) -> VLLMGenerator:
+        """A view of this engine that applies another loaded LoRA adapter (None: the base).
+
+        Views share the one vLLM engine: roles fine-tuned as adapters of one base model cost one
+        set of weights and one KV cache. Closing any view closes the shared engine.
+        """
+        view = copy.copy(self)
+        view.adapter = adapter
+        view._default_lora = self._lora(adapter)
+        if adapter is not None:
+            view.name = f"{self.name}+{adapter}"
+        return view
 
     async def generate(
         self, prompts: Sequence[str], params: SamplingParams
