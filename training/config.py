@@ -223,6 +223,8 @@ def load_config(
     if preset and recipe:
         raise ConfigError("preset/recipe: give one, not both")
     path = Path(recipe) if recipe else recipe_path(preset or "tiny")
+    if recipe and not path.is_file() and (RECIPES_DIR / path.name).is_file():
+        path = RECIPES_DIR / path.name  # `--recipe example-gsm8k.yaml` names a shipped recipe
     if not path.is_file():
         raise ConfigError(f"recipe: no such file {path}")
     data = yaml.safe_load(path.read_text()) or {}

@@ -558,9 +558,47 @@ def run_stages(
         e.get("seconds", 0) for e in manifest.data["stages"].values() if e.get("status") == "done"
     )
     manifest.data["total_seconds"] = round(total, 1)
+    manifest.data["summary"] = _summary(manifest.data["stages"])
+    manifest.data["host"] = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # others' work slows timings too
+    }
     if run.acc.is_main_process:
         manifest.save()
     return manifest
+
+
+def _summary(stages: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a run, gathered from the stages that have finished."""
+
+    def get(*path: str) -> Any:
+        node: Any = stages
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        return node
+
+    return {
+        "policy_greedy_accuracy": get("policy", "metrics", "test", "greedy_accuracy"),
+        "rollout_draft_accuracy": get("rollouts", "metrics", "correct_fraction"),
+        "vstar_vs_exact_disagreement": get("rollouts", "metrics", "vstar_vs_exact", "rate"),
+        "orm_outcome_auc": get("orm", "metrics", "heldout", "outcome_auc"),
+        "orm_step_auc": get("orm", "metrics", "heldout", "step_auc"),
+        "sorm_outcome_auc": get("sorm", "metrics", "heldout", "outcome_auc"),
+        "sorm_step_auc": get("sorm", "metrics", "heldout", "step_auc"),
+        "refine_global_fix_rate": get(
+            "refiners", "metrics", "refine_global", "heldout", "fix_rate"
+        ),
+        "refine_global_keep_rate": get(
+            "refiners", "metrics", "refine_global", "heldout", "keep_rate"
+        ),
+        "refine_local_fix_rate": get("refiners", "metrics", "refine_local", "heldout", "fix_rate"),
+        "refine_local_keep_rate": get(
+            "refiners", "metrics", "refine_local", "heldout", "keep_rate"
+        ),
+    }
 
 
 def clean_stage(out: Path, stage: Stage) -> None:

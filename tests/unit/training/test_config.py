@@ -24,6 +24,7 @@ def test_the_example_gsm8k_recipe_resolves() -> None:
     from training.config import RECIPES_DIR
 
     cfg = load_config(recipe=RECIPES_DIR / "example-gsm8k.yaml")
+    assert cfg == load_config(recipe="example-gsm8k.yaml")
     assert cfg.data.source == "gsm8k"
     assert cfg.model.base
     assert cfg.rollouts.k == 8
