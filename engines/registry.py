@@ -10,7 +10,8 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from engines.base import (
@@ -220,6 +221,20 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
         _close_now(list(loaded.values()))
         raise
     return EngineSet(by_role)
+
+
+def run_dir_specs(
+    run_dir: str | os.PathLike[str],
+    *,
+    backend: Backend = Backend.HF,
+    options: Mapping[str, object] | None = None,
+    roles: Iterable[Role] = tuple(Role),
+) -> dict[Role, EngineSpec]:
+    """Specs for a run directory laid out by role (runs/NAME/policy/, orm/, ...)."""
+    root = Path(run_dir)
+    return {
+        Role(r): EngineSpec(str(root / Role(r).value), backend, dict(options or {})) for r in roles
+    }
 
 
 def _shares_adapters(role: Role, spec: EngineSpec) -> bool:

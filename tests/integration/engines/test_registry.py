@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engines.base import EngineLoadError, EngineSpec, Role, SamplingParams, ScoreRequest
-from engines.registry import load_engine, load_engines
+from engines.registry import load_engine, load_engines, run_dir_specs
 from engines.text import policy_prompt
 from tests.support.tiny_models import TinyCheckpoints, tiny_problems
 
@@ -17,7 +17,9 @@ HF = {"device": "cpu"}
 
 
 def _run_specs(run_dir: Path) -> dict[Role, EngineSpec]:
-    return {role: EngineSpec(str(run_dir / role.value), options=dict(HF)) for role in Role}
+    specs = run_dir_specs(run_dir, options=HF)
+    assert specs[Role.SORM].path == str(run_dir / "sorm")
+    return specs
 
 
 async def test_roles_on_the_same_checkpoint_share_one_engine(
