@@ -174,10 +174,14 @@ class MicroBatcher(Generic[T, R]):
             results = self._fn([p.item for p in batch], cancelled)
             if len(results) != len(batch):
                 raise EngineError(f"{self.name}: {len(results)} results for {len(batch)} items")
-        except Exception as exc:
+        except BaseException as exc:
+            fatal = not isinstance(exc, Exception)
+            err = EngineError(f"{self.name} worker crashed: {exc!r}") if fatal else exc
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(exc)
+                    p.future.set_exception(err)
+            if fatal:
+                raise
             return
         for p, r in zip(batch, results, strict=True):
             if not p.future.done():
