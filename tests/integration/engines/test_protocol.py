@@ -149,3 +149,11 @@ def test_a_serving_generator_reports_healthy(generator: Generator) -> None:
 
 def test_a_serving_scorer_reports_healthy(scorer: Scorer) -> None:
     assert scorer.health().healthy
+
+
+async def test_no_prompts_give_no_completions(generator: Generator) -> None:
+    assert await generator.generate([], GREEDY) == []
+
+
+async def test_no_requests_give_no_scores(scorer: Scorer) -> None:
+    assert await scorer.score([]) == []
