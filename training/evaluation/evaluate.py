@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from engines.base import EngineSpec, Generator, Role, SamplingParams
+from engines.base import Backend, Generator, Role, SamplingParams
 from engines.text import policy_prompt, split_steps
 from service.pipeline.types import Engines, PipelineConfig
 from training.evaluation.report import build_report, gate_threshold, write_report
@@ -174,10 +174,9 @@ async def vstar_for(
 
 
 def load_run_engines(run: Path, backend: str) -> Any:
-    from engines.registry import load_engines
+    from engines.registry import load_engines, run_dir_specs
 
-    specs = {role: EngineSpec(path=str(run / str(role)), backend=backend) for role in Role}
-    return load_engines(specs)  # type: ignore[arg-type]
+    return load_engines(run_dir_specs(run, backend=Backend(backend)))
 
 
 async def evaluate_run(
