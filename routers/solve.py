@@ -33,6 +33,7 @@ _ERRORS = responses(
     ErrorCode.OVERLOADED,
     ErrorCode.INTERNAL_ERROR,
     ErrorCode.ENGINE_ERROR,
+    ErrorCode.ENGINE_UNAVAILABLE,
     ErrorCode.NOT_READY,
     ErrorCode.SHUTTING_DOWN,
     ErrorCode.TIMEOUT,

@@ -22,8 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from engines.base import EngineSpec, Role
-from routers import health, solve
+from routers import debug, health, solve
 from service.errors import ErrorCode, ErrorDetail, ServiceError
+from service.faults import FaultInjector
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import (
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader: asyncio.Task[None] | None = None
         if engines is not None:
-            state.engines = engines
+            state.engines = FaultInjector(engines) if settings.debug_faults else engines
             state.role_status()
         else:
             assert specs is not None
@@ -108,6 +109,9 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     _add_error_handlers(app, state)
     app.include_router(solve.router)
     app.include_router(health.router)
+    if settings.debug_faults:
+        logger.warning("fault injection is ON (GLORE_DEBUG_FAULTS): for tests only")
+        app.include_router(debug.router)
 
     @app.get(
         "/metrics",
@@ -134,7 +138,8 @@ async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
     try:
         from engines.registry import load_engines  # torch and friends: only when serving
 
-        state.engines = await asyncio.to_thread(load_engines, specs)
+        loaded = await asyncio.to_thread(load_engines, specs)
+        state.engines = FaultInjector(loaded) if state.settings.debug_faults else loaded
     except Exception as exc:
         state.load_error = str(exc)
         logger.error("model load failed: %s", exc, exc_info=exc)

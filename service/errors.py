@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     TIMEOUT = "timeout"
     ENGINE_ERROR = "engine_error"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
     CLIENT_DISCONNECTED = "client_disconnected"
     INTERNAL_ERROR = "internal_error"
 
@@ -35,6 +36,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.OVERLOADED: 429,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.ENGINE_ERROR: 502,
+    # A model died under the request: this replica cannot serve until restarted (/ready is 503).
+    ErrorCode.ENGINE_UNAVAILABLE: 503,
     ErrorCode.NOT_READY: 503,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.TIMEOUT: 504,

@@ -383,3 +383,9 @@ class Ready(BaseModel):
 
     status: Literal["ready"] = "ready"
     roles: dict[str, RoleStatus]
+
+
+class Killed(BaseModel):
+    """Fault injection's answer: the roles whose engine was killed."""
+
+    roles: list[str]

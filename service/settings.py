@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # solves before closing.
     shutdown_delay_s: float = Field(default=0.0, ge=0)
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    # Test-only: POST /debug/engines/{role}/kill makes a role's engine die (service/faults.py).
+    debug_faults: bool = Field(
+        default=False, description="Enable fault injection routes; never in production."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

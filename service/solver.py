@@ -79,7 +79,7 @@ class Solver:
         is_disconnected: IsDisconnected,
     ) -> SolveResponse:
         """Solve, or raise: 503 not ready, 504 past the time limit, 499 when the client left
-        (the work is cancelled), 502 when a model fails."""
+        (the work is cancelled), 502 when a model fails, 503 when it died."""
         engines = self.state.check_ready(admitted=True)
         limit = min(self.state.settings.limits.request_timeout_s, timeout_s or math.inf)
         logger.debug("solving", extra={"question": question, "strategy": strategy.value})
@@ -108,13 +108,16 @@ class Solver:
             solution = work.result()
         except EngineError as exc:
             logger.error("engine failed: %s", exc, exc_info=exc)
-            raise ServiceError(
-                ErrorCode.ENGINE_ERROR,
-                f"a model failed while solving{f' ({exc.role})' if exc.role else ''}; "
-                f"see the server logs for request {request_id_var.get()}",
-            ) from None
+            raise self._engine_failure(exc) from None
         except TextContractError as exc:
             raise field_error(["body", "question"], str(exc)) from None
+        except ValueError as exc:
+            # The engines refuse what a model cannot take (e.g. a prompt longer than its
+            # context): the request is at fault, not the server.
+            logger.info("a model refused the request: %s", exc)
+            raise field_error(
+                ["body", "question"], f"the models cannot take this request: {exc}"
+            ) from None
         total = time.perf_counter() - start
         self.state.metrics.observe_solution(solution)
         logger.info(
@@ -133,6 +136,26 @@ class Solver:
             request_id=request_id_var.get(),
             include_trace=include_trace,
             total_s=total,
+        )
+
+    def _engine_failure(self, exc: EngineError) -> ServiceError:
+        """503 when a model is now dead (this replica cannot serve: /ready says so too), 502
+        when a model failed one call but still reports healthy."""
+        request_id = request_id_var.get()
+        dead = [
+            role.value for role, (healthy, _) in self.state.role_status().items() if not healthy
+        ]
+        if dead:
+            return ServiceError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"a model stopped serving ({', '.join(dead)}); see the server logs for request "
+                f"{request_id}",
+                headers={"Retry-After": str(self.state.settings.limits.retry_after_s)},
+            )
+        return ServiceError(
+            ErrorCode.ENGINE_ERROR,
+            f"a model failed while solving{f' ({exc.role})' if exc.role else ''}; "
+            f"see the server logs for request {request_id}",
         )
 
 

@@ -1,0 +1,25 @@
+"""Test-only fault injection (present only with GLORE_DEBUG_FAULTS=true): kill a role's engine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from engines.base import Role
+from service.errors import ErrorCode, ServiceError
+from service.faults import FaultInjector
+from service.schemas import Killed
+from service.state import ServiceState, get_state
+
+router = APIRouter(tags=["debug"], include_in_schema=False)
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+@router.post("/debug/engines/{role}/kill", response_model=Killed)
+async def kill_engine(role: Role, state: StateDep) -> Killed:
+    """Make `role`'s engine die: calls in flight fail, /ready turns 503."""
+    if not isinstance(state.engines, FaultInjector):
+        raise ServiceError(ErrorCode.NOT_READY, "the engines are not loaded yet")
+    return Killed(roles=[r.value for r in state.engines.kill(role)])

@@ -1,0 +1,161 @@
+"""Fault injection for robustness tests: kill one role's engine under a running server.
+
+Off unless `GLORE_DEBUG_FAULTS=true`. Then every engine is wrapped, and killing one fails its
+calls in flight with an EngineError at once (as a crashed worker would), marks it unhealthy and
+closes the real engine in the background, so /ready turns 503 and later solves are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+from engines.base import (
+    Completion,
+    Engine,
+    EngineError,
+    EngineHealth,
+    Generator,
+    Role,
+    SamplingParams,
+    Scorer,
+    ScoreRequest,
+    StepScores,
+)
+from service.pipeline import ServedEngines
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Killable:
+    """One real engine (maybe shared by several roles) that can be made to die."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.killed = asyncio.Event()
+        self.closing: asyncio.Task[None] | None = None
+
+    def health(self) -> EngineHealth:
+        if self.killed.is_set():
+            return EngineHealth(False, "killed by fault injection")
+        return self.inner.health()
+
+    async def close(self) -> None:
+        if self.closing is not None:
+            await self.closing
+        else:
+            await self.inner.close()
+
+    def kill(self) -> None:
+        if self.killed.is_set():
+            return
+        self.killed.set()
+        self.closing = asyncio.ensure_future(self.inner.close())
+
+    async def _call(self, work: Awaitable[T]) -> T:
+        if self.killed.is_set():
+            if asyncio.iscoroutine(work):
+                work.close()
+            raise EngineError(f"{self.name} was killed")
+        call = asyncio.ensure_future(work)
+        died = asyncio.ensure_future(self.killed.wait())
+        try:
+            await asyncio.wait({call, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+        if call.done():
+            return call.result()
+        # The engine died under this call: its work is dropped and the caller sees the failure.
+        call.cancel()
+        with contextlib.suppress(BaseException):
+            await call
+        raise EngineError(f"{self.name} died while serving a call")
+
+
+class _KillableGenerator(_Killable):
+    async def generate(
+        self, prompts: Sequence[str], params: SamplingParams
+    ) -> list[list[Completion]]:
+        inner = self.inner
+        assert isinstance(inner, Generator)
+        return await self._call(inner.generate(prompts, params))
+
+
+class _KillableScorer(_Killable):
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[StepScores]:
+        inner = self.inner
+        assert isinstance(inner, Scorer)
+        return await self._call(inner.score(requests))
+
+
+class FaultInjector:
+    """An engine set whose engines can be killed one at a time (roles sharing one die together)."""
+
+    def __init__(self, engines: ServedEngines) -> None:
+        self.inner = engines
+        self._by_role: dict[Role, _Killable] = {}
+        by_engine: dict[int, _Killable] = {}
+        for role in Role:
+            engine: Any = getattr(engines, role.value)
+            wrapper = _KillableScorer if role.is_scorer else _KillableGenerator
+            self._by_role[role] = by_engine.setdefault(id(engine), wrapper(engine))
+
+    @property
+    def policy(self) -> Generator:
+        return self._generator(Role.POLICY)
+
+    @property
+    def refine_global(self) -> Generator:
+        return self._generator(Role.REFINE_GLOBAL)
+
+    @property
+    def refine_local(self) -> Generator:
+        return self._generator(Role.REFINE_LOCAL)
+
+    @property
+    def orm(self) -> Scorer:
+        return self._scorer(Role.ORM)
+
+    @property
+    def sorm(self) -> Scorer:
+        return self._scorer(Role.SORM)
+
+    def _generator(self, role: Role) -> Generator:
+        engine = self._by_role[role]
+        assert isinstance(engine, _KillableGenerator)
+        return engine
+
+    def _scorer(self, role: Role) -> Scorer:
+        engine = self._by_role[role]
+        assert isinstance(engine, _KillableScorer)
+        return engine
+
+    def health(self) -> dict[Role, EngineHealth]:
+        health = self.inner.health()
+        for role, engine in self._by_role.items():
+            if engine.killed.is_set():
+                health[role] = engine.health()
+        return health
+
+    def kill(self, role: Role) -> list[Role]:
+        """Kill `role`'s engine; returns every role it served."""
+        target = self._by_role[role]
+        target.kill()
+        roles = [r for r, e in self._by_role.items() if e is target]
+        logger.warning(
+            "fault injection: killed the engine of %s", ", ".join(r.value for r in roles)
+        )
+        return roles
+
+    async def close(self) -> None:
+        await asyncio.gather(
+            *(e.closing for e in self._by_role.values() if e.closing is not None),
+            return_exceptions=True,
+        )
+        await self.inner.close()
