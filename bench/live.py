@@ -1,0 +1,142 @@
+"""Launch `glore serve` in a child process for benchmarks: cold start to /ready, the peak resident
+memory of its process tree (vLLM runs engine cores as children), and a clean stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+_ROLES = ("POLICY", "ORM", "SORM", "REFINE_GLOBAL", "REFINE_LOCAL")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def backend_env(backend: str, options: Mapping[str, object] | None = None) -> dict[str, str]:
+    """GLORE_* settings putting every role on `backend` with the same engine options."""
+    import json
+
+    env = {}
+    for role in _ROLES:
+        env[f"GLORE_{role}__BACKEND"] = backend
+        if options:
+            env[f"GLORE_{role}__OPTIONS"] = json.dumps(dict(options))
+    return env
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
+
+
+class LiveServer:
+    """A `glore serve` child process; `cold_start_s` is process start to /ready 200."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        ready_timeout_s: float = 900,
+        sample_every_s: float = 0.2,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {
+            **os.environ,
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        log_fd, log_name = tempfile.mkstemp(prefix=f"glore-bench-{self.port}-", suffix=".log")
+        self.log_path = Path(log_name)
+        command = [sys.executable, "-m", "glore", "serve", "--run", str(run_dir)]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self.started = time.perf_counter()
+        with os.fdopen(log_fd, "wb") as log:
+            self.process = subprocess.Popen(
+                command, env=full_env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.peak_rss = 0
+        self._stop_sampling = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, args=(sample_every_s,), daemon=True)
+        self._sampler.start()
+        try:
+            self.cold_start_s = self._wait_ready(ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _sample(self, every_s: float) -> None:
+        while not self._stop_sampling.wait(every_s):
+            self.peak_rss = max(self.peak_rss, tree_rss(self.process.pid))
+
+    def _wait_ready(self, timeout_s: float) -> float:
+        import httpx
+
+        deadline = self.started + timeout_s
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while time.perf_counter() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"glore serve exited with {self.process.returncode} before /ready; "
+                        f"log:\n{self.logs()[-3000:]}"
+                    )
+                try:
+                    if client.get("/ready").status_code == 200:
+                        return time.perf_counter() - self.started
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        raise TimeoutError(f"/ready not 200 within {timeout_s} s; log:\n{self.logs()[-3000:]}")
+
+    def rss(self) -> int:
+        return tree_rss(self.process.pid)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout_s: float = 60) -> None:
+        self._stop_sampling.set()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def __enter__(self) -> LiveServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

