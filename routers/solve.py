@@ -27,6 +27,7 @@ router = APIRouter()
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 _ERRORS = responses(
+    ErrorCode.BAD_REQUEST,  # a body that is not JSON (or not UTF-8)
     ErrorCode.UNAUTHORIZED,
     ErrorCode.PAYLOAD_TOO_LARGE,
     ErrorCode.VALIDATION_ERROR,

@@ -189,10 +189,16 @@ def _document_auth(app: FastAPI, settings: Settings) -> None:
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"}
         }
+        # ErrorBody is in the schema already: the solve routes document their errors with it.
+        unauthorized = {
+            "description": ErrorCode.UNAUTHORIZED.value,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
         for path, operations in schema.get("paths", {}).items():
             if path not in PUBLIC_PATHS:
                 for operation in operations.values():
                     operation["security"] = [{"bearer": []}]
+                    operation.setdefault("responses", {}).setdefault("401", unauthorized)
         app.openapi_schema = schema
         return schema
 
