@@ -51,6 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=1, help="torch threads in the server and in-process"
     )
     parser.add_argument("--seed", type=int, default=0, help="question and sampling seed")
+    parser.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated subset of {', '.join(STRATEGIES)} (default: all)",
+    )
+    parser.add_argument(
+        "--engine-options",
+        default=None,
+        help="JSON engine options for every role, e.g. '{\"batch_wait_ms\": 10}' "
+        "(default: the backend's defaults; for vLLM " + json.dumps(VLLM_OPTIONS) + ")",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,6 +107,18 @@ def _complete(run: Path) -> bool:
         return False
     stages = manifest.get("stages", {})
     return bool(stages) and all(s.get("status") == "done" for s in stages.values())
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.engine_options is None:
+        return dict(VLLM_OPTIONS) if args.backend == "vllm" else {}
+    try:
+        options = json.loads(args.engine_options)
+    except ValueError as exc:
+        raise ValueError(f"--engine-options: not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError("--engine-options: expected a JSON object")
+    return options
 
 
 def questions(n: int, seed: int) -> list[str]:
@@ -253,7 +276,11 @@ async def replay(engines: Any, plan: list[list[dict[str, Any]]]) -> float:
 
 
 async def overhead(
-    url: str, run_dir: Path, backend: str, bodies: dict[str, list[dict[str, Any]]]
+    url: str,
+    run_dir: Path,
+    backend: str,
+    options: dict[str, Any],
+    bodies: dict[str, list[dict[str, Any]]],
 ) -> dict[str, Any]:
     """/solve against the raw engine calls it makes, question by question, interleaved (the
     server idles while the engines run in-process, and the other way round)."""
@@ -263,7 +290,6 @@ async def overhead(
     from engines.registry import load_engines, run_dir_specs
     from service.pipeline import solve
 
-    options = VLLM_OPTIONS if backend == "vllm" else {}
     engines = await _to_thread(
         load_engines, run_dir_specs(run_dir, backend=Backend(backend), options=options)
     )
@@ -328,8 +354,12 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
         "GLORE_LIMITS__MAX_IN_FLIGHT": str(max(64, 2 * max(levels))),
         "GLORE_LIMITS__MAX_NEW_TOKENS": str(max(1024, args.max_new_tokens)),
     }
-    if args.backend == "vllm":
-        env |= backend_env("vllm", VLLM_OPTIONS)
+    strategies = [k.strip() for k in args.strategies.split(",") if k.strip()]
+    unknown = set(strategies) - set(STRATEGIES)
+    if unknown or not strategies:
+        raise ValueError(f"--strategies: unknown {sorted(unknown)}; choose from {list(STRATEGIES)}")
+    options = engine_options(args)
+    env |= backend_env(args.backend, options)
     load_before = os.getloadavg()
     report: dict[str, Any] = {
         "backend": args.backend,
@@ -341,7 +371,8 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
             "max_new_tokens": args.max_new_tokens,
             "server_threads": args.threads,
             "seed": args.seed,
-            "strategies": STRATEGIES,
+            "strategies": {k: STRATEGIES[k] for k in strategies},
+            "engine_options": options,
         },
         "host": _host(),
         "targets": TARGETS,
@@ -364,7 +395,7 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
             progress.advance(task)
             results: dict[str, dict[str, Any]] = {}
             c1_bodies: dict[str, list[dict[str, Any]]] = {}
-            for strategy in STRATEGIES:
+            for strategy in strategies:
                 # Warm-up: first calls pay for lazy allocations and kernel selection.
                 warm = [
                     payload(strategy, qs[i], 10_000 + i, args.max_new_tokens, args.seed)
@@ -388,9 +419,11 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
             progress.update(task, description=f"{args.backend}: overhead (in-process engines)")
             bodies = c1_bodies or {
                 s: [payload(s, qs[i], i, args.max_new_tokens, args.seed) for i in range(12)]
-                for s in STRATEGIES
+                for s in strategies
             }
-            report["overhead"] = asyncio.run(overhead(server.url, run_dir, args.backend, bodies))
+            report["overhead"] = asyncio.run(
+                overhead(server.url, run_dir, args.backend, options, bodies)
+            )
             progress.advance(task)
             report["peak_rss_mib"] = server.peak_rss / 2**20
     report["host"]["loadavg_before"] = load_before
