@@ -96,7 +96,8 @@ class ServiceState:
         )
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async: FastAPI runs a sync dependency in a worker thread, a needless hop per request.
     state: Any = request.app.state.glore
     assert isinstance(state, ServiceState)
     return state
