@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset of {', '.join(STRATEGIES)} (default: all)",
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the server with py-spy during the last strategy's highest concurrency "
+        "and report where its threads spend their time",
+    )
+    parser.add_argument(
         "--engine-options",
         default=None,
         help="JSON engine options for every role, e.g. '{\"batch_wait_ms\": 10}' "
@@ -330,6 +336,62 @@ async def _to_thread(fn: Any, *a: Any) -> Any:
     return await asyncio.to_thread(fn, *a)
 
 
+# ---------------------------------------------------------------- profile
+
+
+class Profile:
+    """py-spy sampling every thread of a process until stop(); a summary of where time went."""
+
+    RATE = 100
+
+    def __init__(self, pid: int) -> None:
+        import shutil
+        import subprocess
+        import tempfile
+
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.out = Path(tempfile.mkstemp(prefix="glore-pyspy-", suffix=".txt")[1])
+        self.started = time.perf_counter()
+        command = [spy, "record", "--pid", str(pid), "--rate", str(self.RATE), "--threads"]
+        command += ["--nonblocking", "--format", "raw", "--output", str(self.out)]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def stop(self) -> dict[str, Any]:
+        import signal
+
+        seconds = time.perf_counter() - self.started
+        self.process.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+        self.process.wait(timeout=60)
+        threads: dict[str, int] = {}
+        frames: dict[str, dict[str, int]] = {}
+        text = self.out.read_text() if self.out.exists() else ""
+        for line in text.splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            parts = stack.split(";")
+            # "thread (123): name" -> name: thread ids differ from run to run
+            name = parts[0].split(": ", 1)[-1].strip('"')
+            threads[name] = threads.get(name, 0) + int(count)
+            mine = frames.setdefault(name, {})
+            for frame in set(parts[1:]):
+                mine[frame] = mine.get(frame, 0) + int(count)
+        self.out.unlink(missing_ok=True)
+        possible = max(1.0, seconds * self.RATE)
+        busy = {k: v / possible for k, v in sorted(threads.items(), key=lambda kv: -kv[1])}
+        top = {
+            name: [
+                {"frame": f, "share": n / possible}
+                for f, n in sorted(frames[name].items(), key=lambda kv: -kv[1])
+                if "threading.py" not in f and "<frozen" not in f
+            ][:12]
+            for name in list(busy)[:3]
+        }
+        return {"seconds": seconds, "rate_hz": self.RATE, "busy_share": busy, "top_frames": top}
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -409,7 +471,16 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
                         payload(strategy, qs[i], i, args.max_new_tokens, args.seed)
                         for i in range(counts[c])
                     ]
+                    profiling = (
+                        Profile(server.process.pid)
+                        if args.profile and strategy == strategies[-1] and c == max(levels)
+                        else None
+                    )
                     figures, _ = asyncio.run(load_level(server.url, bodies, c))
+                    if profiling is not None:
+                        report["profile"] = profiling.stop() | {
+                            "during": f"{strategy} at concurrency {c}"
+                        }
                     results[strategy][str(c)] = figures
                     if c == 1:
                         c1_bodies[strategy] = bodies[: min(len(bodies), 24)]
@@ -614,6 +685,19 @@ def markdown(r: dict[str, Any]) -> str:
             f"- {k}: latency p50 {v['latency_p50_ratio']:.2f}× best-of-3's, tokens "
             f"{v['tokens_ratio']:.2f}×"
         )
+    if "profile" in r:
+        p = r["profile"]
+        lines += [
+            "",
+            f"## Where the server's time goes (py-spy, {p['during']}, {p['seconds']:.0f} s)",
+            "",
+            "Share of wall time each thread was on CPU (not idle):",
+            "",
+        ]
+        lines += [f"- `{k}`: {v:.0%}" for k, v in list(p["busy_share"].items())[:6]]
+        for name, top in p["top_frames"].items():
+            lines += ["", f"Busiest frames in `{name}` (inclusive):", ""]
+            lines += [f"- {t['share']:.0%} `{t['frame']}`" for t in top[:8]]
     acc = sm["accuracy"]
     if acc["measured"]:
         lines.append(
