@@ -113,6 +113,11 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig(TrainConfig):
+    extra_questions: int = field(
+        default=0,
+        metadata={"help": "ORM: more training questions drafted for outcome labels only"},
+    )
+    extra_drafts: int = field(default=4, metadata={"help": "ORM: drafts per extra question"})
     soft_labels: bool = field(default=False, metadata={"help": "SORM: train on success fraction"})
     propagate: bool = field(default=True, metadata={"help": "SORM: positive makes earlier pos."})
     balance: bool = field(default=True, metadata={"help": "SORM: balance labels per step index"})

@@ -375,8 +375,10 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
     rollouts = read_rollouts(run.rollouts_dir)
     if not rollouts:
         raise FileNotFoundError(f"{run.rollouts_dir} has no rollouts: run `glore train rollouts`")
+    extra: list[Any] = []
     if role is Role.ORM:
-        rows = orm_examples(rollouts)
+        extra = _orm_extra_drafts(run, policy, seed)
+        rows = orm_examples([*rollouts, *extra])
     else:
         rows = sorm_examples(
             rollouts, seed=seed, soft=cfg.soft_labels, propagate=cfg.propagate, balance=cfg.balance
@@ -397,6 +399,7 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
     return {
         "counts": {
             "train_drafts": len(rows),
+            "extra_drafts": len(extra),
             "labelled_steps": len(labelled),
             "positive_fraction": sum(v >= 0.5 for v in labelled) / len(labelled)
             if labelled
@@ -405,6 +408,43 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
         "metrics": {"heldout": evaluation, "final_loss": result.final_loss},
         "hashes": {str(role): _ckpt_hash(path)},
     }
+
+
+def _orm_extra_drafts(run: Run, policy: Path, seed: int) -> list[Any]:
+    """Outcome-labelled drafts of training questions the V* rollouts did not use.
+
+    The ORM needs no continuations, so its data is cheap to widen (the paper samples far more
+    ORM drafts than SORM ones). Written to data/orm_extra.jsonl for the record.
+    """
+    from training import generation
+    from training.rollouts import heldout_rows, shard_seed, write_jsonl_atomic
+    from training.vstar import DraftRollout
+
+    cfg, rcfg = run.cfg.orm, run.cfg.rollouts
+    path = run.data_dir / "orm_extra.jsonl"
+    if cfg.extra_questions <= 0:
+        return []
+    if run.acc.is_main_process:
+        start = rcfg.questions or 0
+        questions = run.problems("train")[start : start + cfg.extra_questions]
+        spec = generation.engine_spec(policy, rcfg.backend, rcfg.max_batch_size)
+        gen = generation.load_generator(Role.POLICY, spec)
+        try:
+            rows = heldout_rows(
+                gen,
+                questions,
+                rcfg,
+                seed=shard_seed(seed, 0, "orm"),
+                max_new_tokens=rcfg.max_new_tokens,
+                drafts_per_question=cfg.extra_drafts,
+            )
+        finally:
+            generation.close(gen)
+        write_jsonl_atomic(path, (r.to_dict() for r in rows))
+    run.acc.wait_for_everyone()
+    from training.rollouts import read_jsonl
+
+    return [DraftRollout.from_dict(d) for d in read_jsonl(path)]
 
 
 def _base(run: Run) -> str:

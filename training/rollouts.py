@@ -169,9 +169,12 @@ def heldout_rows(
     *,
     seed: int,
     max_new_tokens: int,
+    drafts_per_question: int | None = None,
 ) -> list[DraftRollout]:
-    """Drafts of held-out questions with exact labels only (for reward-model evaluation)."""
-    drafts, _ = _drafts(gen, problems, cfg, cfg.heldout_drafts, seed, max_new_tokens, True)
+    """Drafts with exact labels only, no continuations: for reward-model evaluation, and as
+    extra outcome-labelled ORM data (outcome labels need no V* sampling)."""
+    n = cfg.heldout_drafts if drafts_per_question is None else drafts_per_question
+    drafts, _ = _drafts(gen, problems, cfg, n, seed, max_new_tokens, True)
     rows = []
     for d in drafts:
         check = check_solution(d.problem, d.steps)

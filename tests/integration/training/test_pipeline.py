@@ -55,6 +55,7 @@ def test_train_all_smoke_finishes_every_stage_and_records_it(smoke_run: Path) ->
     assert stages["rollouts"]["counts"]["drafts"] > 0
     assert 0 <= stages["rollouts"]["metrics"]["vstar_vs_exact"]["rate"] <= 1
     assert stages["refiners"]["counts"]["refine_global"]["pairs"] > 0
+    assert stages["orm"]["counts"]["extra_drafts"] == 16  # 8 more questions x 2 drafts
     summary = m["summary"]
     assert (
         summary["policy_greedy_accuracy"] == stages["policy"]["metrics"]["test"]["greedy_accuracy"]
