@@ -53,6 +53,17 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def rss_split(pid: int) -> tuple[int, int]:
+    """Resident bytes of the process itself and of its descendants (vLLM's engine cores)."""
+    import psutil
+
+    try:
+        own = psutil.Process(pid).memory_info().rss
+    except psutil.NoSuchProcess:
+        return 0, 0
+    return own, max(0, tree_rss(pid) - own)
+
+
 class LiveServer:
     """A `glore serve` child process; `cold_start_s` is process start to /ready 200."""
 

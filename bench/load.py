@@ -52,7 +52,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.live import LiveServer, backend_env
+    from bench.live import LiveServer, backend_env, rss_split
     from bench.service import engine_options, load_level, payload, questions, resolve_run
 
     if args.concurrency < 1 or args.requests < args.windows or args.windows < 2:
@@ -91,6 +91,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             ]
             figures, _ = asyncio.run(load_level(server.url, bodies, args.concurrency))
             figures["rss_mib"] = server.rss() / 2**20
+            own, children = rss_split(server.process.pid)
+            figures["rss_server_mib"], figures["rss_children_mib"] = own / 2**20, children / 2**20
             figures["elapsed_s"] = time.perf_counter() - start
             windows.append(figures)
             progress.advance(task, per_window)
@@ -144,14 +146,17 @@ def write(report: dict[str, Any], out: Path) -> list[Path]:
         f"{report['rss_end_mib']:.0f} at the end: growth after warm-up "
         f"**{report['rss_growth_after_warmup_mib']:+.1f} MiB**; peak {report['peak_rss_mib']:.0f}",
         "",
-        "| window | elapsed s | requests/s | p50 ms | p99 ms | RSS MiB |",
+        "RSS: the whole process tree; in brackets, the server process and its children (vLLM's "
+        "engine cores, whose KV cache pages become resident as they are first used).",
+        "",
+        "| window | elapsed s | requests/s | p50 ms | p99 ms | RSS MiB (server + children) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for i, w in enumerate(report["windows"]):
         lines.append(
             f"| {i + 1} | {w['elapsed_s']:.0f} | {w['throughput_rps']:.1f} | "
             f"{w['latency_s']['p50'] * 1000:.0f} | {w['latency_s']['p99'] * 1000:.0f} | "
-            f"{w['rss_mib']:.0f} |"
+            f"{w['rss_mib']:.0f} ({w['rss_server_mib']:.0f} + {w['rss_children_mib']:.0f}) |"
         )
     lines += ["", f"![memory and latency over the soak]({paths[2].name})"]
     paths[1].write_text("\n".join(lines) + "\n")
