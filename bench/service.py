@@ -691,7 +691,8 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             f"## Where the server's time goes (py-spy, {p['during']}, {p['seconds']:.0f} s)",
             "",
-            "Share of wall time each thread was on CPU (not idle):",
+            "Share of wall time each thread was running or waiting for a core (py-spy's "
+            "non-idle samples; a sum above the cores available means they queue for CPU):",
             "",
         ]
         lines += [f"- `{k}`: {v:.0%}" for k, v in list(p["busy_share"].items())[:6]]
