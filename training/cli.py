@@ -20,7 +20,7 @@ class _TrainParser(argparse.ArgumentParser):
     overrides written after the options come back unrecognised; this collects them.
     """
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+    def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
         late = [a for a in extras if "=" in a and not a.startswith("-")]
         if late:

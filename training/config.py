@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -222,7 +223,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def load_config(
-    *, preset: str | None = None, recipe: str | Path | None = None, overrides: list[str] = ()
+    *,
+    preset: str | None = None,
+    recipe: str | Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> RunConfig:
     """Resolve a recipe: the YAML file (or preset), then each override in order."""
     if preset and recipe:

@@ -84,7 +84,8 @@ def new_policy(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) 
 
 
 def _fit_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+    rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
+    if rows < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -155,6 +156,6 @@ def save_checkpoint(
 
 def step_tag_id(tokenizer: PreTrainedTokenizerBase) -> int:
     tid = tokenizer.convert_tokens_to_ids(STEP_TAG)
-    if tid is None or tid == tokenizer.unk_token_id:
+    if not isinstance(tid, int) or tid == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer does not know the step tag {STEP_TAG!r}")
     return int(tid)

@@ -165,8 +165,8 @@ def local_pairs(
     keeps = []
     for r in rng.sample(keep_from, _keep_count(len(fixes), len(keep_from), keep_share)):
         mark = rng.randrange(len(r.steps))
-        prompt = local_refine_prompt(problems[r.problem_id].question, join_steps(r.steps), mark)
+        local = local_refine_prompt(problems[r.problem_id].question, join_steps(r.steps), mark)
         keeps.append(
-            RefinePair(r.problem_id, PairKind.KEEP, prompt.prompt, join_steps(r.steps[mark:]))
+            RefinePair(r.problem_id, PairKind.KEEP, local.prompt, join_steps(r.steps[mark:]))
         )
     return fixes + keeps

@@ -108,7 +108,7 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def train(
     model: Any,
     examples: Sequence[Any],
-    collate: Callable[[Sequence[Any], int], dict[str, torch.Tensor]],
+    collate: Callable[..., dict[str, torch.Tensor]],
     cfg: TrainConfig,
     *,
     pad_id: int,
@@ -130,7 +130,11 @@ def train(
         raise ValueError(f"{desc}: no training examples (of {len(examples)}) fit max_length")
     torch.manual_seed(seed)
     batches = _batches([len(e.input_ids) for e in kept], cfg.batch_size, cfg.epochs, seed)
-    loader = DataLoader(kept, batch_sampler=batches, collate_fn=partial(collate, pad_id=pad_id))
+    loader: DataLoader[Any] = DataLoader(
+        kept,  # type: ignore[arg-type]  # a list is a map-style dataset
+        batch_sampler=batches,
+        collate_fn=partial(collate, pad_id=pad_id),
+    )
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     optimizer = torch.optim.AdamW(
