@@ -1,10 +1,17 @@
-"""Suite-wide pytest fixtures: the briefly trained tiny checkpoints every tier can use."""
+"""Suite-wide pytest fixtures: tiny trained checkpoints and a smoke-trained run, built once."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests.support.tiny_models import TinyCheckpoints, build_tiny_checkpoints
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +22,20 @@ def tiny_checkpoints() -> TinyCheckpoints:
     (policy/, orm/, sorm/, refine_global/, refine_local/, manifest.json).
     """
     return build_tiny_checkpoints()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory trained by `glore train all --preset smoke` (once per test session)."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "glore.cli", "train", "all", "--preset", "smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
