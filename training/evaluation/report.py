@@ -361,6 +361,7 @@ def write_plots(report: dict[str, Any], test: Sequence[QuestionRecord], out: Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     paths = []
 
@@ -398,7 +399,8 @@ def write_plots(report: dict[str, Any], test: Sequence[QuestionRecord], out: Pat
                 marker="o",
                 label=f"{model.upper()} vs {truth}",
             )
-    ax.set_xlabel("step index")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step (1 = first)")
     ax.set_ylabel("step-level accuracy @0.5")
     ax.set_title("Step-level accuracy by step index")
     ax.legend()
