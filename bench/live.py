@@ -118,8 +118,14 @@ class LiveServer:
                         f"log:\n{self.logs()[-3000:]}"
                     )
                 try:
-                    if client.get("/ready").status_code == 200:
+                    r = client.get("/ready")
+                    if r.status_code == 200:
                         return time.perf_counter() - self.started
+                    if "failed to load" in r.text:  # no point waiting: say why at once
+                        raise RuntimeError(
+                            f"glore serve could not load its models: {r.json()['error']['message']}"
+                            f"; log:\n{self.logs()[-3000:]}"
+                        )
                 except httpx.TransportError:
                     pass
                 time.sleep(0.05)

@@ -89,10 +89,11 @@ def resolve_run(run: Path | None) -> tuple[Path, str]:
     if run is not None:
         if not run.is_dir():
             raise FileNotFoundError(f"--run {run}: no such directory")
-        return run, "given"
+        # Absolute: vLLM takes a relative path that is not (or no longer) there for a hub id.
+        return run.resolve(), "given"
     tiny = Path("runs/tiny")
     if _complete(tiny):
-        return tiny, "runs/tiny"
+        return tiny.resolve(), "runs/tiny"
     try:
         from tests.support.tiny_models import build_tiny_checkpoints
     except ImportError:
