@@ -598,7 +598,8 @@ def write_reports(report: dict[str, Any], out: Path) -> list[Path]:
     paths[1].write_text(markdown(report))
     # The combined report: every backend measured so far.
     both = {}
-    for backend in ("hf", "vllm"):
+    # ... and a kept report of another run, if any (e.g. hf-runs-tiny).
+    for backend in ("hf", "vllm", "hf-runs-tiny", "vllm-runs-tiny"):
         p = out / f"bench-service-{backend}.json"
         if p.is_file():
             both[backend] = json.loads(p.read_text())
@@ -718,6 +719,9 @@ def combined_markdown(both: dict[str, dict[str, Any]]) -> str:
         "Each backend measured in one run against a live `glore serve` on this machine "
         "(shared with other jobs: figures are indicative). Details: "
         + ", ".join(f"[{b}](bench-service-{b}.md)" for b in both),
+        "",
+        "Checkpoints: "
+        + "; ".join(f"{b}: `{r['run']['path']}` ({r['run']['source']})" for b, r in both.items()),
         "",
         "| figure | target | " + " | ".join(both) + " |",
         "|---|---:|" + "---:|" * len(both),
