@@ -1,13 +1,20 @@
-"""`glore bench`: engines (HF vs vLLM throughput, one-pass scoring, micro-batching) and service."""
+"""`glore bench`: engines (HF vs vLLM throughput, one-pass scoring, micro-batching), the live
+service (latency, overhead, batching, cold start, memory) and a soak (load)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import importlib
+
+# Benchmarks whose arguments live in their own module (add_arguments / run), imported lazily.
+MODULES = {
+    "service": ("bench.service", "a live server: latency, overhead, batching, cold start, memory"),
+    "load": ("bench.load", "a soak of a live server: RSS and latency over many requests"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", metavar="{engines,service}", required=True)
+    sub = parser.add_subparsers(dest="bench", metavar="{engines,service,load}", required=True)
     p = sub.add_parser(
         "engines",
         help="generation tokens/s (HF, vLLM), one-pass vs per-prefix scoring, micro-batching",
@@ -43,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vllm-kv-cache-gib", type=int, default=1, help="vLLM CPU KV cache (GiB, default 1)"
     )
-    sub.add_parser("service", help="service load test (not yet)")
+    for name, (module, help_text) in MODULES.items():
+        importlib.import_module(module).add_arguments(
+            sub.add_parser(name, help=help_text, description=help_text)
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,5 +61,4 @@ def run(args: argparse.Namespace) -> int:
         from bench.engines import run_engines_bench
 
         return run_engines_bench(args)
-    print("glore bench service: not yet", file=sys.stderr)
-    return 2
+    return int(importlib.import_module(MODULES[args.bench][0]).run(args))

@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.cli", "serve a trained run over HTTP (POST /solve)"),
     "train": ("training.cli", "train the five GLoRe checkpoints from synthetic or GSM8K data"),
     "eval": ("training.evaluation.cli", "evaluate a trained run and write the paper's tables"),
-    "bench": ("bench.cli", "benchmarks: engines, service"),
+    "bench": ("bench.cli", "benchmarks: engines, service, load"),
 }
 
 
