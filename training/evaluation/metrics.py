@@ -1,8 +1,9 @@
 """Evaluation metrics: step-level error detection, refine decisions, fix/break rates, bootstrap.
 
-Pure functions over plain lists, so each number in a report can be pinned by a hand-built test.
-A step "label" is True when the solution is still on track after that step (the prefix can
-still reach the right answer): the exact `prefix_ok` of the task's checker, or a V* label.
+Pure functions over plain lists, so each number in a report can be pinned by a hand-built test
+(ROC-AUC and thresholded accuracy live in training.metrics, shared with training). A step label
+is True when the solution is still on track after that step (the prefix can still reach the
+right answer): the exact `prefix_ok` of the task's checker, or a V* label.
 """
 
 from __future__ import annotations
@@ -84,25 +85,6 @@ def best_threshold(
     """The threshold with the highest step accuracy (ties: the one closest to 0.5)."""
     candidates = list(grid) if grid is not None else [i / 100 for i in range(1, 100)]
     return max(candidates, key=lambda t: (step_accuracy(scores, labels, t), -abs(t - 0.5)))
-
-
-def outcome_accuracy(
-    scores: Sequence[float], correct: Sequence[bool], threshold: float = 0.5
-) -> float:
-    """Share of solutions whose final-step score, thresholded, matches final correctness."""
-    if len(scores) != len(correct) or not scores:
-        raise ValueError("scores and correctness must be non-empty and of one length")
-    return sum((s >= threshold) == c for s, c in zip(scores, correct, strict=True)) / len(scores)
-
-
-def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
-    """Area under the ROC curve: P(score of a random positive > a random negative), ties half."""
-    pos = [s for s, p in zip(scores, positive, strict=True) if p]
-    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
-    if not pos or not neg:
-        raise ValueError("ROC-AUC needs at least one positive and one negative")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 @dataclass(frozen=True)

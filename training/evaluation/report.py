@@ -13,13 +13,12 @@ from training.evaluation.metrics import (
     first_error_accuracy,
     fix_break,
     flag_incorrect_pr_curve,
-    outcome_accuracy,
     paired_bootstrap_pvalue,
-    roc_auc,
     step_accuracy,
     step_accuracy_by_index,
 )
 from training.evaluation.runner import METHODS, QuestionRecord, oracle_outcomes
+from training.metrics import accuracy_at, roc_auc
 
 REPORT_VERSION = 1
 
@@ -118,7 +117,7 @@ def where_section(
         out["vstar_exact_disagreement"] = sum(v != e for v, e in pairs) / max(len(pairs), 1)
     correct = [r.draft_correct for r in test_s]
     out["final_answer_accuracy@0.5"] = {
-        model: outcome_accuracy([s[-1] for s in _scores(test_s, model)], correct, 0.5)
+        model: accuracy_at([s[-1] for s in _scores(test_s, model)], correct, 0.5)
         for model in ("orm", "sorm")
     }
     return out
@@ -129,10 +128,7 @@ def when_section(test: Sequence[QuestionRecord]) -> dict[str, Any]:
     scores = [r.candidate_orm["draft"] for r in test]
     correct = [r.draft_correct for r in test]
     curve = flag_incorrect_pr_curve(scores, correct, PR_THRESHOLDS)
-    try:
-        auc: float | None = roc_auc(scores, correct)
-    except ValueError:
-        auc = None
+    auc = roc_auc(scores, correct)  # None when every draft is right, or every one wrong
     return {
         "draft_accuracy": sum(correct) / len(correct),
         "orm_roc_auc": auc,

@@ -15,12 +15,11 @@ from training.evaluation.metrics import (
     first_false,
     fix_break,
     flag_incorrect_pr_curve,
-    outcome_accuracy,
     paired_bootstrap_pvalue,
-    roc_auc,
     step_accuracy,
     step_accuracy_by_index,
 )
+from training.metrics import accuracy_at, roc_auc
 
 # Three solutions. Labels: still on track after each step.
 SCORES = [[0.9, 0.8, 0.2], [0.7, 0.4], [0.6, 0.6, 0.6, 0.3]]
@@ -67,15 +66,14 @@ def test_best_threshold_maximises_step_accuracy_and_breaks_ties_towards_half() -
     assert best_threshold([[0.9, 0.1]], [[True, False]], grid=[0.2, 0.5, 0.8]) == 0.5
 
 
-def test_outcome_accuracy_and_roc_auc_on_hand_counts() -> None:
+def test_accuracy_and_roc_auc_on_hand_counts() -> None:
     scores = [0.9, 0.8, 0.3, 0.6, 0.2]
     correct = [True, False, False, True, False]
-    assert outcome_accuracy(scores, correct, 0.5) == pytest.approx(4 / 5)
+    assert accuracy_at(scores, correct, 0.5) == pytest.approx(4 / 5)
     # positives {0.9, 0.6} vs negatives {0.8, 0.3, 0.2}: 0.9 beats 3, 0.6 beats 2 -> 5/6
     assert roc_auc(scores, correct) == pytest.approx(5 / 6)
     assert roc_auc([0.5, 0.5], [True, False]) == 0.5
-    with pytest.raises(ValueError):
-        roc_auc([0.5], [True])
+    assert roc_auc([0.5], [True]) is None  # undefined with one class
 
 
 def test_pr_curve_of_flagging_incorrect_drafts() -> None:
