@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from engines.base import Generator, Role, SamplingParams
+from engines.base import Completion, Generator, Role, SamplingParams
 from engines.text import join_steps, policy_prompt, split_steps
 from training import generation
 from training.config import RolloutConfig, RunConfig
@@ -72,6 +72,24 @@ def shard_seed(seed: int, index: int, salt: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def prefix_prompt(problem: Problem, steps: Sequence[str], i: int) -> str:
+    """The policy prompt continued by the draft's steps up to and including step `i`."""
+    return policy_prompt(problem.question) + "".join(s + "\n" for s in steps[: i + 1])
+
+
+def count_successes(
+    problem: Problem, prefix: Sequence[str], continuations: Sequence[Completion]
+) -> tuple[int, str | None]:
+    """How many continuations of `prefix` reach the right answer, and the first one that does."""
+    hits, example = 0, None
+    for c in continuations:
+        cont = split_steps(c.text)
+        if check_solution(problem, [*prefix, *cont]).answer_correct:
+            hits += 1
+            example = example or join_steps(cont)
+    return hits, example
+
+
 @dataclass(frozen=True)
 class Draft:
     problem: Problem
@@ -123,23 +141,14 @@ def rollout_shard(
     """
     drafts, empty = _drafts(gen, problems, cfg, cfg.drafts, seed, max_new_tokens, show)
     prefixes = [(d, i) for d in drafts for i in range(len(d.steps) - 1)]
-    prompts = [
-        policy_prompt(d.problem.question) + "".join(s + "\n" for s in d.steps[: i + 1])
-        for d, i in prefixes
-    ]
+    prompts = [prefix_prompt(d.problem, d.steps, i) for d, i in prefixes]
     params = SamplingParams(
         n=cfg.k, temperature=cfg.temperature, max_new_tokens=max_new_tokens, seed=seed + 1
     )
     outs = generation.generate(gen, prompts, params, desc="continuations", show=show)
     found: dict[tuple[int, int], tuple[int, str | None]] = {}
     for (d, i), comps in zip(prefixes, outs, strict=True):
-        hits, example = 0, None
-        for c in comps:
-            cont = split_steps(c.text)
-            if check_solution(d.problem, [*d.steps[: i + 1], *cont]).answer_correct:
-                hits += 1
-                example = example or join_steps(cont)
-        found[(id(d), i)] = (hits, example)
+        found[(id(d), i)] = count_successes(d.problem, d.steps[: i + 1], comps)
     rows = []
     for d in drafts:
         check = check_solution(d.problem, d.steps)

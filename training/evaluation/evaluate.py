@@ -18,15 +18,14 @@ from typing import Any
 import yaml
 
 from engines.base import Backend, Generator, Role, SamplingParams
-from engines.text import policy_prompt, split_steps
 from service.pipeline.types import Engines, PipelineConfig
 from training.evaluation.report import build_report, gate_threshold, write_report
 from training.evaluation.runner import METHODS, QuestionRecord, evaluate
+from training.rollouts import count_successes, prefix_prompt
 from training.tasks import (
     Problem,
     TaskConfig,
     canonical_question,
-    check_solution,
     generate_problem,
     load_gsm8k,
     load_problems,
@@ -132,20 +131,11 @@ async def vstar_for(
     bar = tqdm(total=len(jobs), desc="V* continuations", unit="prefix")
     for start in range(0, len(jobs), chunk):
         part = jobs[start : start + chunk]
-        prompts = [
-            policy_prompt(problems[r.problem_id].question)
-            + "".join(s + "\n" for s in r.draft_steps[: i + 1])
-            for r, i in part
-        ]
+        prompts = [prefix_prompt(problems[r.problem_id], r.draft_steps, i) for r, i in part]
         outs = await policy.generate(prompts, params)
         for (r, i), comps in zip(part, outs, strict=True):
             prefix = r.draft_steps[: i + 1]
-            hits[(r.problem_id, i)] = sum(
-                check_solution(
-                    problems[r.problem_id], [*prefix, *split_steps(c.text)]
-                ).answer_correct
-                for c in comps
-            )
+            hits[(r.problem_id, i)], _ = count_successes(problems[r.problem_id], prefix, comps)
         bar.update(len(part))
     bar.close()
     for r in records:
