@@ -546,6 +546,7 @@ def _eval_accuracy(path: Path | None) -> dict[str, Any]:
         for k, v in flat.items()
         if "accuracy" in k.lower()
         and "step" not in k.lower()
+        and "paper" not in k.lower()  # the paper's figures, quoted for context
         and any(s in k.lower() for s in ("glore", "best_of", "greedy"))
     }
     return {"measured": bool(found), "source": str(path), "values": found}
