@@ -188,6 +188,7 @@ class _Row:
     prompt: str
     params: SamplingParams
     sample: int
+    ids: list[int]  # the prompt's tokens, checked before the row joins a shared batch
 
 
 class HFGenerator(_HFEngine):
@@ -246,25 +247,32 @@ class HFGenerator(_HFEngine):
         """n completions per prompt, in prompt order. Cancelling the awaiting task stops work."""
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a sequence of strings, got one string")
-        rows = [_Row(p, params, j) for p in prompts for j in range(params.n)]
+        # Encode and check here, not in the worker: a bad prompt must fail its own call only,
+        # never the other callers' rows micro-batched with it.
+        encoded = [self._encode(p) for p in prompts]
+        rows = [
+            _Row(p, params, j, ids)
+            for p, ids in zip(prompts, encoded, strict=True)
+            for j in range(params.n)
+        ]
         flat = await self._batcher.submit(rows)
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     # ------------------------------------------------------------ worker thread
 
+    def _encode(self, prompt: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)
+        if not ids:
+            raise ValueError("prompts: a prompt is empty")
+        if len(ids) >= self.max_positions:
+            raise ValueError(
+                f"prompts: a prompt has {len(ids)} tokens, the model takes {self.max_positions}"
+            )
+        return ids
+
     def _run_batch(self, rows: list[_Row], cancelled: Callable[[], list[bool]]) -> list[Completion]:
-        torch = self._torch
-        tok = self.tokenizer
-        encoded = [tok.encode(r.prompt, add_special_tokens=False) for r in rows]
-        for ids in encoded:
-            if not ids:
-                raise ValueError("prompts: a prompt is empty")
-            if len(ids) >= self.max_positions:
-                raise ValueError(
-                    f"prompts: a prompt has {len(ids)} tokens, the model takes {self.max_positions}"
-                )
-        with torch.inference_mode():
-            return self._decode(rows, encoded, cancelled)
+        with self._torch.inference_mode():
+            return self._decode(rows, [r.ids for r in rows], cancelled)
 
     def _decode(
         self, rows: list[_Row], encoded: list[list[int]], cancelled: Callable[[], list[bool]]

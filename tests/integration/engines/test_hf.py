@@ -65,3 +65,21 @@ def test_the_engine_serves_successive_event_loops(tiny_checkpoints: TinyCheckpoi
     second = asyncio.run(gen.generate(PROMPTS[:2], params))
     assert first == second
     asyncio.run(gen.close())
+
+
+async def test_an_overlong_prompt_fails_only_its_own_call(
+    tiny_checkpoints: TinyCheckpoints,
+) -> None:
+    gen = HFGenerator(str(tiny_checkpoints.policy), batch_wait_ms=50.0)
+    try:
+        good = policy_prompt(tiny_problems(1, seed=3)[0].question)
+        huge = policy_prompt("many " * (gen.max_positions + 10))
+        params = SamplingParams(max_new_tokens=8)
+        # Submitted together, inside one batching window: they would share a batch.
+        ok, bad = await asyncio.gather(
+            gen.generate([good], params), gen.generate([huge], params), return_exceptions=True
+        )
+        assert isinstance(bad, ValueError) and "tokens, the model takes" in str(bad)
+        assert not isinstance(ok, BaseException) and ok[0][0].num_tokens > 0
+    finally:
+        await gen.close()
