@@ -41,6 +41,9 @@ from engines.hf import (
 
 log = logging.getLogger(__name__)
 
+# How often a waiting call checks that its engine is still alive (seconds).
+_WATCH_S = 0.5
+
 T = TypeVar("T")
 
 # Settings a user may pass through EngineSpec.options, beyond what the engine needs itself.
@@ -93,8 +96,20 @@ class _Runtime:
             coro.close()
             raise EngineError(f"{self.name} is closed")
         fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        waiter = asyncio.wrap_future(fut)
         try:
-            return await asyncio.wrap_future(fut)
+            # Watch the engine while waiting: a request vLLM accepted around the moment its
+            # EngineCore died can wait forever, although vLLM marks the engine as errored.
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=_WATCH_S)
+                health = self.health()
+                if not waiter.done() and not health.healthy:
+                    waiter.cancel()
+                    raise EngineError(f"{self.name} died during a call: {health.detail}")
+            return waiter.result()
+        except asyncio.CancelledError:
+            waiter.cancel()  # the caller gave up: so does the engine's loop
+            raise
         except (EngineError, ValueError, TypeError):
             raise  # ours, or vLLM refusing a request (VLLMValidationError is a ValueError)
         except Exception as exc:
