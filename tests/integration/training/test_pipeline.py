@@ -31,11 +31,8 @@ def glore_train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
     return proc
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    glore_train("all", "--preset", "smoke", "--out", str(out))
-    return out
+# `smoke_run` (tests/support/fixtures.py) is trained once per session by `glore train all
+# --preset smoke` and shared with the evaluation's tests; the tests here only read it or copy it.
 
 
 def manifest(run: Path) -> dict:
