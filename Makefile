@@ -40,7 +40,7 @@ sysdeps:
 serve: venv
 	$(BIN)/glore serve --run $(RUN) --host $(HOST) --port $(PORT) --train-if-missing tiny
 
-test: venv sysdeps
+test: venv sysdeps lint
 	$(BIN)/python -m pytest tests
 
 lint: venv
