@@ -7,18 +7,16 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import openai
 import pytest
 
 from engines.text import extract_answer
+from tests.support.live import RawRequest, in_flight, wait_until
 from tests.support.server import ServerHandle, start_server
 from tests.support.tiny_models import TinyCheckpoints, tiny_problems
 
@@ -67,50 +65,6 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert error["request_id"] == r.headers["x-request-id"]
     assert "Traceback" not in r.text
     return dict(error)
-
-
-def in_flight(client: httpx.Client) -> float:
-    text = client.get("/metrics").text
-    [value] = re.findall(r"^glore_in_flight_requests ([0-9.]+)$", text, re.M)
-    return float(value)
-
-
-class HeldRequest:
-    """A POST whose body is sent in two parts. The server admits it on its headers and waits
-    for the rest, so the request is in flight for as long as the test likes."""
-
-    def __init__(self, url: str, path: str, payload: dict[str, Any], headers: dict[str, str]):
-        parsed = urlparse(url)
-        self.body = json.dumps(payload).encode()
-        self.sock = socket.create_connection((parsed.hostname, parsed.port), timeout=120)
-        lines = [
-            f"POST {path} HTTP/1.1",
-            f"Host: {parsed.netloc}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(self.body)}",
-            "Connection: close",
-            *(f"{k}: {v}" for k, v in headers.items()),
-        ]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + self.body[:1])
-
-    def finish(self) -> tuple[int, dict[str, Any]]:
-        self.sock.sendall(self.body[1:])
-        data = b""
-        while chunk := self.sock.recv(65536):
-            data += chunk
-        self.sock.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        return status, json.loads(body)
-
-
-def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------- /solve, every strategy
@@ -261,7 +215,9 @@ def test_422_names_the_offending_field(
 def test_429_with_retry_after_when_max_in_flight_is_reached(
     server: ServerHandle, client: httpx.Client, question: str
 ) -> None:
-    held = HeldRequest(server.url, "/solve", {"question": question, "strategy": "greedy"}, AUTH)
+    held = RawRequest(
+        server.url, "/solve", {"question": question, "strategy": "greedy"}, AUTH, hold_body=True
+    )
     wait_until(lambda: in_flight(client) == 1, what="the held request to be admitted")
     r = client.post("/solve", json={"question": question})
     assert_error(r, 429, "overloaded")
@@ -327,7 +283,7 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
     server = start_server(tiny_checkpoints.run_dir, env={"OMP_NUM_THREADS": "1"})
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
-            held = HeldRequest(server.url, "/solve", {"question": question}, {})
+            held = RawRequest(server.url, "/solve", {"question": question}, hold_body=True)
             wait_until(lambda: in_flight(c) == 1, what="the held request to be admitted")
             server.signal(signal.SIGTERM)
             wait_until(lambda: c.get("/ready").status_code == 503, what="/ready to turn 503")
