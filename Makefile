@@ -44,8 +44,8 @@ test: venv sysdeps lint
 	$(BIN)/python -m pytest tests
 
 lint: venv
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy
 
 clean:

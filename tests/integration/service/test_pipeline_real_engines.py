@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from engines.registry import EngineSet, load_engines
 
 from engines.base import Role, ScoreRequest
+from engines.registry import EngineSet, load_engines
 from engines.text import extract_answer
 from service.app import create_app
 from service.pipeline import Action, CandidateKind, PipelineConfig, RefineMode, solve
