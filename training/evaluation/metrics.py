@@ -177,3 +177,35 @@ def paired_bootstrap_pvalue(
     resampled = d[idx].mean(axis=1)
     extreme = np.sum(np.abs(resampled - observed) >= abs(observed) - 1e-12)
     return float((extreme + 1) / (n_boot + 1))
+
+
+@dataclass(frozen=True)
+class PairwiseRanking:
+    """How often a reranker puts a right candidate above a wrong one of the same question."""
+
+    accuracy: float | None  # None when no question has both a right and a wrong candidate
+    pairs: int
+    questions: int  # questions with at least one (right, wrong) pair
+
+
+def within_question_pairwise(
+    scores: Sequence[Sequence[float]], correct: Sequence[Sequence[bool]]
+) -> PairwiseRanking:
+    """Pairwise ranking accuracy inside each question (ties count half).
+
+    Across questions an ORM can look good by learning which questions are hard; a reranker only
+    ever compares candidates of one question, so this is the number that decides reranking.
+    """
+    _check_aligned(scores, [list(c) for c in correct])
+    hits = 0.0
+    pairs = questions = 0
+    for s, y in zip(scores, correct, strict=True):
+        right = [v for v, ok in zip(s, y, strict=True) if ok]
+        wrong = [v for v, ok in zip(s, y, strict=True) if not ok]
+        if right and wrong:
+            questions += 1
+        for r in right:
+            for w in wrong:
+                pairs += 1
+                hits += 1.0 if r > w else 0.5 if r == w else 0.0
+    return PairwiseRanking(hits / pairs if pairs else None, pairs, questions)

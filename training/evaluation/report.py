@@ -16,6 +16,7 @@ from training.evaluation.metrics import (
     paired_bootstrap_pvalue,
     step_accuracy,
     step_accuracy_by_index,
+    within_question_pairwise,
 )
 from training.evaluation.runner import METHODS, QuestionRecord, oracle_outcomes
 from training.metrics import accuracy_at, roc_auc
@@ -180,9 +181,19 @@ def how_section(test: Sequence[QuestionRecord], seed: int) -> dict[str, Any]:
             }
     glore = [float(r.methods["glore"].correct) for r in test]
     bo3 = [float(r.methods["best_of_3"].correct) for r in test]
+    kinds = [sorted(r.candidates) for r in test]
+    ranking = within_question_pairwise(
+        [[r.candidate_orm[k] for k in ks] for r, ks in zip(test, kinds, strict=True)],
+        [[r.candidates[k].correct for k in ks] for r, ks in zip(test, kinds, strict=True)],
+    )
     return {
         "methods": rows,
         "refiners": refiners,
+        "reranker": {
+            "within_question_pairwise_accuracy": ranking.accuracy,
+            "pairs": ranking.pairs,
+            "questions": ranking.questions,
+        },
         "glore_vs_best_of_3": {
             "difference": (sum(glore) - sum(bo3)) / len(test),
             "p_value": paired_bootstrap_pvalue(glore, bo3, seed=seed),
@@ -286,6 +297,14 @@ def to_markdown(report: dict[str, Any]) -> str:
             for kind, r in how["refiners"].items()
         ],
     )
+    rr = how.get("reranker")
+    if rr and rr["within_question_pairwise_accuracy"] is not None:
+        lines += [
+            "",
+            "The ORM as a reranker: of the (right, wrong) candidate pairs inside one question "
+            f"({rr['pairs']} pairs in {rr['questions']} questions), it scores the right one "
+            f"higher in {_pct(rr['within_question_pairwise_accuracy'])} (50% is a coin flip).",
+        ]
     lines += ["", "## Where: step-level error detection (ORM vs SORM)", ""]
     titles = {"exact": "exact step labels (task checker)", "vstar": "V* labels (fresh rollouts)"}
     for truth, title in titles.items():

@@ -18,6 +18,7 @@ from training.evaluation.metrics import (
     paired_bootstrap_pvalue,
     step_accuracy,
     step_accuracy_by_index,
+    within_question_pairwise,
 )
 from training.metrics import accuracy_at, roc_auc
 
@@ -129,3 +130,25 @@ def test_paired_bootstrap_sees_no_difference_in_a_balanced_swap() -> None:
     a = [1] * 10 + [0] * 10
     b = [0] * 10 + [1] * 10
     assert paired_bootstrap_pvalue(a, b, n_boot=300) == 1.0
+
+
+def test_within_question_pairwise_counts_only_pairs_inside_one_question() -> None:
+    # q1: right 0.9 vs wrong 0.2 (hit) and 0.9 (tie, half); q2: right 0.3 beats both wrong ones;
+    # q3: all right, no pair. Across questions q2's right 0.3 is below q1's wrong 0.9, which a
+    # pooled AUC would punish and a reranker never sees.
+    scores = [[0.9, 0.2, 0.9], [0.1, 0.05, 0.3], [0.5, 0.6]]
+    correct = [[True, False, False], [False, False, True], [True, True]]
+    r = within_question_pairwise(scores, correct)
+    assert r.pairs == 4
+    assert r.questions == 2
+    assert r.accuracy == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+
+
+def test_within_question_pairwise_is_none_without_a_mixed_question() -> None:
+    r = within_question_pairwise([[0.3, 0.4], [0.9]], [[True, True], [False]])
+    assert (r.accuracy, r.pairs, r.questions) == (None, 0, 0)
+
+
+def test_within_question_pairwise_rejects_misaligned_input() -> None:
+    with pytest.raises(ValueError, match="solution 0"):
+        within_question_pairwise([[0.3, 0.4]], [[True]])

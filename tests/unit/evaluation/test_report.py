@@ -108,6 +108,12 @@ def test_report_tables_have_exact_values_on_hand_built_records() -> None:
     }
     assert how["refiners"]["local"]["fix_rate"] == pytest.approx(2 / 3)
     assert how["glore_vs_best_of_3"]["difference"] == 0.25
+    # (right, wrong) pairs: a 1 + tie, b 1 + 1, c 1 + tie, d none -> 5 of 6 in 3 questions
+    assert how["reranker"] == {
+        "within_question_pairwise_accuracy": pytest.approx(5 / 6),
+        "pairs": 6,
+        "questions": 3,
+    }
 
     exact = report["where"]["exact"]
     # ORM @0.5: a 2/2, b 1/2 (0.6 says ok), c 1/2 (0.6 ok vs F), d 1/2 (0.2 vs T) -> 5/8
