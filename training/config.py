@@ -127,7 +127,17 @@ class RewardConfig(TrainConfig):
 @dataclass
 class RefinerConfig(TrainConfig):
     keep_share: float = field(
-        default=0.2, metadata={"help": "share of pairs that map a correct draft to itself"}
+        default=0.5, metadata={"help": "share of pairs that map a correct draft to itself"}
+    )
+    global_extra_drafts: bool = field(
+        default=True,
+        metadata={
+            "help": "global: also pair the ORM's outcome-labelled extra drafts "
+            "(data/orm_extra.jsonl); local pairs need V* labels, so they come from rollouts only"
+        },
+    )
+    local_epochs: float | None = field(
+        default=None, metadata={"help": "local refiner's passes; None = epochs"}
     )
     use_reference: bool = field(
         default=True, metadata={"help": "fall back to the reference when no draft is correct"}

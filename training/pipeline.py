@@ -6,6 +6,7 @@ runs alone, a rerun skips finished stages, and `manifest.json` records what happ
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,7 +46,7 @@ INPUTS: dict[Stage, tuple[str, ...]] = {
     Stage.ORM: ("seed", "data", "model", "policy", "expert_iteration", "rollouts", "orm"),
     Stage.SORM: ("seed", "data", "model", "policy", "expert_iteration", "rollouts", "sorm"),
     Stage.REFINERS: (
-        "seed", "data", "model", "policy", "expert_iteration", "rollouts", "refiners",
+        "seed", "data", "model", "policy", "expert_iteration", "rollouts", "orm", "refiners",
     ),
 }  # fmt: skip
 ALL_STAGES = (Stage.POLICY, Stage.ROLLOUTS, Stage.ORM, Stage.SORM, Stage.REFINERS)
@@ -82,7 +83,7 @@ UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
     Stage.ROLLOUTS: (Stage.POLICY,),
     Stage.ORM: (Stage.ROLLOUTS,),
     Stage.SORM: (Stage.ROLLOUTS,),
-    Stage.REFINERS: (Stage.ROLLOUTS,),
+    Stage.REFINERS: (Stage.ROLLOUTS, Stage.ORM),  # the global refiner reads the ORM's drafts
 }
 
 
@@ -406,7 +407,10 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
             else None,
         },
         "metrics": {"heldout": evaluation, "final_loss": result.final_loss},
-        "hashes": {str(role): _ckpt_hash(path)},
+        "hashes": {
+            str(role): _ckpt_hash(path),
+            **({"orm_extra": file_hash(run.data_dir / "orm_extra.jsonl")} if extra else {}),
+        },
     }
 
 
@@ -447,6 +451,17 @@ def _orm_extra_drafts(run: Run, policy: Path, seed: int) -> list[Any]:
     return [DraftRollout.from_dict(d) for d in read_jsonl(path)]
 
 
+def _read_orm_extra(run: Run) -> list[Any]:
+    """The ORM stage's outcome-labelled extra drafts (none when it drafted none)."""
+    from training.rollouts import read_jsonl
+    from training.vstar import DraftRollout
+
+    path = run.data_dir / "orm_extra.jsonl"
+    if run.cfg.orm.extra_questions <= 0 or not path.exists():
+        return []
+    return [DraftRollout.from_dict(d) for d in read_jsonl(path)]
+
+
 def _base(run: Run) -> str:
     if run.cfg.model.base is None:
         raise ValueError("init: 'base' needs model.base; from scratch, start from the policy")
@@ -474,10 +489,16 @@ def stage_refiners(run: Run) -> dict[str, Any]:
     problems = run.problems_by_id()
     tok = run.tokenizer()
     out: dict[str, Any] = {"counts": {}, "metrics": {}, "hashes": {}}
+    # The global refiner needs only outcome labels, so the ORM's extra drafts widen its data
+    # (4x on the tiny preset); the local one needs V* labels, which only the rollouts have.
+    extra = _read_orm_extra(run) if cfg.global_extra_drafts else []
     builders = {Role.REFINE_GLOBAL: global_pairs, Role.REFINE_LOCAL: local_pairs}
     for role, build in builders.items():
+        drafts = [*rollouts, *extra] if role is Role.REFINE_GLOBAL else rollouts
+        epochs = cfg.local_epochs if role is Role.REFINE_LOCAL else None
+        role_cfg = cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
         pairs = build(
-            rollouts,
+            drafts,
             problems,
             seed=seed,
             keep_share=cfg.keep_share,
@@ -489,7 +510,7 @@ def stage_refiners(run: Run) -> dict[str, Any]:
             write_jsonl_atomic(run.data_dir / f"{role}_pairs.jsonl", (p.to_dict() for p in pairs))
         model = load_causal_lm(policy if cfg.init == "policy" else _base(run), run.cfg.model)
         model, result = fit_sft(
-            model, tok, refine_examples(tok, pairs), cfg, run.cfg, seed=seed, desc=str(role)
+            model, tok, refine_examples(tok, pairs), role_cfg, run.cfg, seed=seed, desc=str(role)
         )
         path = run.save_model(model, role, {"train": result.to_dict()})
         evaluation: dict[str, Any] = {}
@@ -498,7 +519,12 @@ def stage_refiners(run: Run) -> dict[str, Any]:
             evaluation = evaluate_refiner(role, str(path), heldout, problems, run.cfg)
             run.update_metrics(role, {"heldout": evaluation})
         keeps = sum(p.kind is PairKind.KEEP for p in pairs)
-        out["counts"][str(role)] = {"pairs": len(pairs), "keep_pairs": keeps}
+        out["counts"][str(role)] = {
+            "pairs": len(pairs),
+            "keep_pairs": keeps,
+            "drafts": len(drafts),
+            "extra_drafts": len(drafts) - len(rollouts),
+        }
         out["metrics"][str(role)] = {"heldout": evaluation, "final_loss": result.final_loss}
         out["hashes"][str(role)] = _ckpt_hash(path)
     return out

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +17,11 @@ from types import TracebackType
 
 import httpx
 
+from bench.live import free_port, spawn_serve
+
+__all__ = ["ROOT", "ServerHandle", "free_port", "start_server", "wait_for"]
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -123,29 +118,15 @@ def start_server(
     The server's output goes to a log file (`handle.logs()`), so a full pipe never blocks it.
     """
     port = port or free_port()
-    full_env = {
-        **os.environ,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-        **(env or {}),
-    }
-    if uvicorn_factory:
-        command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app"]
-        if run_dir is not None:
-            full_env["GLORE_RUN_DIR"] = str(run_dir)
-    else:
-        command = [sys.executable, "-m", "glore", "serve"]
-        if run_dir is not None:
-            command += ["--run", str(run_dir)]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    command += list(args)
-    log_fd, log_name = tempfile.mkstemp(prefix=f"glore-server-{port}-", suffix=".log")
-    with os.fdopen(log_fd, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
-        )
-    handle = ServerHandle(f"http://127.0.0.1:{port}", port, process, Path(log_name), full_env)
+    process, log_path, full_env = spawn_serve(
+        run_dir,
+        port,
+        {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})},
+        args=args,
+        uvicorn_factory=uvicorn_factory,
+        cwd=ROOT,
+    )
+    handle = ServerHandle(f"http://127.0.0.1:{port}", port, process, log_path, full_env)
     if wait is not None:
         wait_for(handle, wait, timeout=timeout)
     return handle
