@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -64,6 +64,46 @@ def rss_split(pid: int) -> tuple[int, int]:
     return own, max(0, tree_rss(pid) - own)
 
 
+def spawn_serve(
+    run_dir: str | Path | None,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    *,
+    args: Sequence[str] = (),
+    uvicorn_factory: bool = False,
+    cwd: str | Path | None = None,
+    log_prefix: str = "glore-server",
+) -> tuple[subprocess.Popen[bytes], Path, dict[str, str]]:
+    """Start `glore serve --run RUN_DIR --host 127.0.0.1 --port PORT [ARGS]` (the one launcher of
+    the benchmarks and the end-to-end tests); returns the process, its log file and its env.
+
+    `env` is added to this process's environment. With `uvicorn_factory`, run
+    `uvicorn --factory service.app:create_app` instead (as a container might), with the run
+    directory passed as GLORE_RUN_DIR. Output goes to a log file, so a full pipe never blocks it.
+    """
+    full_env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    if uvicorn_factory:
+        command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app"]
+        if run_dir is not None:
+            full_env["GLORE_RUN_DIR"] = str(run_dir)
+    else:
+        command = [sys.executable, "-m", "glore", "serve"]
+        if run_dir is not None:
+            command += ["--run", str(run_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port), *args]
+    log_fd, log_name = tempfile.mkstemp(prefix=f"{log_prefix}-{port}-", suffix=".log")
+    with os.fdopen(log_fd, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return process, Path(log_name), full_env
+
+
 class LiveServer:
     """A `glore serve` child process; `cold_start_s` is process start to /ready 200."""
 
@@ -77,21 +117,10 @@ class LiveServer:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        log_fd, log_name = tempfile.mkstemp(prefix=f"glore-bench-{self.port}-", suffix=".log")
-        self.log_path = Path(log_name)
-        command = [sys.executable, "-m", "glore", "serve", "--run", str(run_dir)]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
         self.started = time.perf_counter()
-        with os.fdopen(log_fd, "wb") as log:
-            self.process = subprocess.Popen(
-                command, env=full_env, stdout=log, stderr=subprocess.STDOUT
-            )
+        self.process, self.log_path, _ = spawn_serve(
+            run_dir, self.port, env, log_prefix="glore-bench"
+        )
         self.peak_rss = 0
         self._stop_sampling = threading.Event()
         self._sampler = threading.Thread(target=self._sample, args=(sample_every_s,), daemon=True)
