@@ -133,7 +133,14 @@ class RefinerConfig(TrainConfig):
         default=True,
         metadata={
             "help": "global: also pair the ORM's outcome-labelled extra drafts "
-            "(data/orm_extra.jsonl); local pairs need V* labels, so they come from rollouts only"
+            "(data/orm_extra.jsonl)"
+        },
+    )
+    local_extra_drafts: bool = field(
+        default=True,
+        metadata={
+            "help": "local: also pair the ORM's extra drafts that have a correct sibling, with "
+            "the critique where the wrong draft leaves it (training.pairs.sibling_local_pairs)"
         },
     )
     local_epochs: float | None = field(

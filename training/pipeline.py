@@ -478,7 +478,7 @@ def stage_sorm(run: Run) -> dict[str, Any]:
 
 def stage_refiners(run: Run) -> dict[str, Any]:
     from training.modeling import load_causal_lm
-    from training.pairs import PairKind, global_pairs, local_pairs
+    from training.pairs import PairKind, global_pairs, local_pairs, sibling_local_pairs
     from training.policy import fit_sft
     from training.refiners import evaluate_refiner, refine_examples
     from training.rollouts import read_heldout, read_rollouts, write_jsonl_atomic
@@ -490,20 +490,22 @@ def stage_refiners(run: Run) -> dict[str, Any]:
     tok = run.tokenizer()
     out: dict[str, Any] = {"counts": {}, "metrics": {}, "hashes": {}}
     # The global refiner needs only outcome labels, so the ORM's extra drafts widen its data
-    # (4x on the tiny preset); the local one needs V* labels, which only the rollouts have.
-    extra = _read_orm_extra(run) if cfg.global_extra_drafts else []
-    builders = {Role.REFINE_GLOBAL: global_pairs, Role.REFINE_LOCAL: local_pairs}
-    for role, build in builders.items():
-        drafts = [*rollouts, *extra] if role is Role.REFINE_GLOBAL else rollouts
+    # (4x on the tiny preset). The local one is placed by V* labels on the rollouts; on the extra
+    # drafts (no V*) a correct sibling of the same question places it (sibling_local_pairs).
+    extra = _read_orm_extra(run) if cfg.global_extra_drafts or cfg.local_extra_drafts else []
+    for role in (Role.REFINE_GLOBAL, Role.REFINE_LOCAL):
+        kw: dict[str, Any] = {"seed": seed, "keep_share": cfg.keep_share}
+        if role is Role.REFINE_GLOBAL:
+            more = extra if cfg.global_extra_drafts else []
+            pairs = global_pairs(
+                [*rollouts, *more], problems, use_reference=cfg.use_reference, **kw
+            )
+        else:
+            more = extra if cfg.local_extra_drafts else []
+            pairs = local_pairs(rollouts, problems, use_reference=cfg.use_reference, **kw)
+            pairs += sibling_local_pairs(more, problems, **kw)
         epochs = cfg.local_epochs if role is Role.REFINE_LOCAL else None
         role_cfg = cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
-        pairs = build(
-            drafts,
-            problems,
-            seed=seed,
-            keep_share=cfg.keep_share,
-            use_reference=cfg.use_reference,
-        )
         if not pairs:
             raise ValueError(f"{role}: no refinement pairs (are there incorrect drafts?)")
         if run.acc.is_main_process:
@@ -522,8 +524,8 @@ def stage_refiners(run: Run) -> dict[str, Any]:
         out["counts"][str(role)] = {
             "pairs": len(pairs),
             "keep_pairs": keeps,
-            "drafts": len(drafts),
-            "extra_drafts": len(drafts) - len(rollouts),
+            "drafts": len(rollouts) + len(more),
+            "extra_drafts": len(more),
         }
         out["metrics"][str(role)] = {"heldout": evaluation, "final_loss": result.final_loss}
         out["hashes"][str(role)] = _ckpt_hash(path)

@@ -53,12 +53,11 @@ def test_train_all_smoke_finishes_every_stage_and_records_it(smoke_run: Path) ->
     assert 0 <= stages["rollouts"]["metrics"]["vstar_vs_exact"]["rate"] <= 1
     assert stages["refiners"]["counts"]["refine_global"]["pairs"] > 0
     assert stages["orm"]["counts"]["extra_drafts"] == 16  # 8 more questions x 2 drafts
-    # the global refiner also learns from those outcome-labelled drafts; the local one cannot
-    # (it needs V* labels) and stays on the rollouts
+    # both refiners also learn from those outcome-labelled drafts
     refiners = stages["refiners"]["counts"]
     assert refiners["refine_global"]["extra_drafts"] == 16
-    assert refiners["refine_local"]["extra_drafts"] == 0
-    assert refiners["refine_global"]["drafts"] == refiners["refine_local"]["drafts"] + 16
+    assert refiners["refine_local"]["extra_drafts"] == 16
+    assert refiners["refine_global"]["drafts"] == stages["rollouts"]["counts"]["drafts"] + 16
     summary = m["summary"]
     assert (
         summary["policy_greedy_accuracy"] == stages["policy"]["metrics"]["test"]["greedy_accuracy"]

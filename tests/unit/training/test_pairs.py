@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from engines.text import CRITIQUE_MARKER, global_refine_prompt, local_refine_prompt
-from training.pairs import PairKind, global_pairs, local_pairs
+from training.pairs import PairKind, global_pairs, local_pairs, sibling_local_pairs
 from training.vstar import DraftRollout
 
 
@@ -108,3 +108,38 @@ def test_pairs_are_deterministic_by_seed() -> None:
 def test_a_keep_share_outside_the_unit_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="keep_share"):
         global_pairs([GOOD_A, BAD_A], PROBLEMS, seed=0, keep_share=1.0)
+
+
+def test_sibling_pairs_put_the_critique_where_a_wrong_draft_leaves_a_right_one() -> None:
+    q = "Cy has 2 cats, gets 3, then 4 more. How many?"
+    problems = {"c": P(q, ("2 + 3 = 5.", "5 + 4 = 9.", "The answer is 9."))}
+    right = ("2 + 3 = 5.", "5 + 4 = 9.", "The answer is 9.")
+    other_right = ("3 + 2 = 5.", "5 + 4 = 9.", "The answer is 9.")
+    wrong = ("2 + 3 = 5.", "5 + 4 = 8.", "The answer is 8.")
+    drafts = [
+        draft("c", 0, other_right, True, [2, 2, 2]),
+        draft("c", 1, right, True, [2, 2, 2]),
+        draft("c", 2, wrong, False, [0, 0, 0]),
+    ]
+    (fix,) = sibling_local_pairs(drafts, problems, seed=0, keep_share=0.0)
+    # the sibling sharing most steps is `right` (1 step in common), so the marker goes on step 1
+    assert fix.kind is PairKind.FIX
+    assert fix.prompt == local_refine_prompt(q, "\n".join(wrong), 1).prompt
+    assert fix.target == "5 + 4 = 9.\nThe answer is 9."
+
+
+def test_sibling_pairs_need_a_right_sibling_and_add_keeps_at_the_share() -> None:
+    lonely = draft("b", 0, ("4 - 1 = 2.", "The answer is 2."), False, [0, 0])
+    assert sibling_local_pairs([lonely], PROBLEMS, seed=0, keep_share=0.0) == []
+    wrong = draft("a", 0, ("2 + 3 = 6.", "The answer is 6."), False, [0, 0])
+    drafts = [wrong, GOOD_A, lonely]
+    pairs = sibling_local_pairs(drafts, PROBLEMS, seed=0, keep_share=0.5)
+    kinds = [p.kind for p in pairs]
+    assert kinds == [PairKind.FIX, PairKind.KEEP]
+    # nothing in common with the right draft: the critique goes on the first step and the
+    # target is the whole right solution
+    assert (
+        pairs[0].prompt
+        == local_refine_prompt(PROBLEMS["a"].question, "\n".join(wrong.steps), 0).prompt
+    )
+    assert pairs[0].target == "\n".join(GOOD_A.steps)
