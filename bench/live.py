@@ -104,6 +104,18 @@ def spawn_serve(
     return process, Path(log_name), full_env
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+    """SIGTERM (graceful drain), then SIGKILL after `timeout_s`; idempotent. The exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
 class LiveServer:
     """A `glore serve` child process; `cold_start_s` is process start to /ready 200."""
 
@@ -168,13 +180,7 @@ class LiveServer:
 
     def stop(self, timeout_s: float = 60) -> None:
         self._stop_sampling.set()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, timeout_s)
 
     def __enter__(self) -> LiveServer:
         return self

@@ -422,7 +422,6 @@ def _orm_extra_drafts(run: Run, policy: Path, seed: int) -> list[Any]:
     """
     from training import generation
     from training.rollouts import heldout_rows, shard_seed, write_jsonl_atomic
-    from training.vstar import DraftRollout
 
     cfg, rcfg = run.cfg.orm, run.cfg.rollouts
     path = run.data_dir / "orm_extra.jsonl"
@@ -446,9 +445,7 @@ def _orm_extra_drafts(run: Run, policy: Path, seed: int) -> list[Any]:
             generation.close(gen)
         write_jsonl_atomic(path, (r.to_dict() for r in rows))
     run.acc.wait_for_everyone()
-    from training.rollouts import read_jsonl
-
-    return [DraftRollout.from_dict(d) for d in read_jsonl(path)]
+    return _read_orm_extra(run)
 
 
 def _read_orm_extra(run: Run) -> list[Any]:

@@ -17,7 +17,7 @@ from types import TracebackType
 
 import httpx
 
-from bench.live import free_port, spawn_serve
+from bench.live import free_port, spawn_serve, stop_process
 
 __all__ = ["ROOT", "ServerHandle", "free_port", "start_server", "wait_for"]
 
@@ -50,14 +50,7 @@ class ServerHandle:
 
     def stop(self, timeout: float = 30) -> int | None:
         """Stop the server (idempotent); returns its exit code."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def __enter__(self) -> ServerHandle:
         return self

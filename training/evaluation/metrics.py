@@ -196,7 +196,7 @@ def within_question_pairwise(
     Across questions an ORM can look good by learning which questions are hard; a reranker only
     ever compares candidates of one question, so this is the number that decides reranking.
     """
-    _check_aligned(scores, [list(c) for c in correct])
+    _check_aligned(scores, correct)
     hits = 0.0
     pairs = questions = 0
     for s, y in zip(scores, correct, strict=True):
