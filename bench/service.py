@@ -239,6 +239,9 @@ class _Recorder:
             async def score(self, requests: Any) -> Any:
                 return await recorder._record(role, "score", (list(requests),))
 
+            async def logprobs(self, requests: Any) -> Any:
+                return await recorder._record(role, "logprobs", (list(requests),))
+
         return Wrapped()
 
     async def _record(self, role: str, method: str, call_args: tuple[Any, ...]) -> Any:

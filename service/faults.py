@@ -19,11 +19,13 @@ from engines.base import (
     EngineError,
     EngineHealth,
     Generator,
+    LikelihoodRequest,
     Role,
     SamplingParams,
     Scorer,
     ScoreRequest,
     StepScores,
+    TokenLogprobs,
 )
 from service.pipeline import ServedEngines
 
@@ -85,6 +87,11 @@ class _KillableGenerator(_Killable):
         inner = self.inner
         assert isinstance(inner, Generator)
         return await self._call(inner.generate(prompts, params))
+
+    async def logprobs(self, requests: Sequence[LikelihoodRequest]) -> list[TokenLogprobs]:
+        inner = self.inner
+        assert isinstance(inner, Generator)
+        return await self._call(inner.logprobs(requests))
 
 
 class _KillableScorer(_Killable):

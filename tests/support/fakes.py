@@ -14,11 +14,13 @@ from engines.base import (
     Completion,
     EngineHealth,
     Generator,
+    LikelihoodRequest,
     Role,
     SamplingParams,
     Scorer,
     ScoreRequest,
     StepScores,
+    TokenLogprobs,
 )
 
 # prompt, sample index -> completion text
@@ -48,6 +50,7 @@ class FakeGenerator:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: int = 0
     closed: bool = False
+    read_calls: list[list[LikelihoodRequest]] = field(default_factory=list)
 
     def health(self) -> EngineHealth:
         return EngineHealth(self.healthy, "" if self.healthy else "fake engine marked dead")
@@ -72,6 +75,19 @@ class FakeGenerator:
         for prompt in prompts:
             texts = [self.respond(prompt, i) for i in range(params.n)]
             out.append([Completion(t, max(1, len(t.split())), "stop") for t in texts])
+        return out
+
+    async def logprobs(self, requests: Sequence[LikelihoodRequest]) -> list[TokenLogprobs]:
+        """One log-probability per word of the completion (and one for EOS): -1 for a word
+        this generator would write itself at that position, -5 for any other, so a fake
+        policy "prefers" its own answers."""
+        self.read_calls.append(list(requests))
+        out = []
+        for r in requests:
+            own = self.respond(r.prompt, 0).split()
+            words = r.completion.split()
+            lps = [-1.0 if j < len(own) and own[j] == w else -5.0 for j, w in enumerate(words)]
+            out.append(TokenLogprobs((*lps, -1.0)))
         return out
 
 

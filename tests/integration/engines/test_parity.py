@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from engines.base import Generator, SamplingParams, Scorer, ScoreRequest
+from engines.base import Generator, LikelihoodRequest, SamplingParams, Scorer, ScoreRequest
 from engines.text import global_refine_prompt, join_steps, local_refine_prompt, policy_prompt
 from tests.support.tiny_models import corrupt, tiny_problems
 
@@ -63,3 +63,19 @@ async def test_seeded_sampling_gives_the_requested_n_on_both(
             c.finish_reason in ("stop", "length") and c.num_tokens > 0 for cs in out for c in cs
         )
         assert out == await engine.generate(prompts, params)
+
+
+async def test_token_logprobs_agree_within_1e_4(
+    hf_generator: Generator, vllm_generator: Generator
+) -> None:
+    rng = random.Random(5)
+    requests = [LikelihoodRequest(policy_prompt(p.question), join_steps(p.steps)) for p in PROBLEMS]
+    requests += [
+        LikelihoodRequest(policy_prompt(p.question), join_steps(corrupt(p, rng)[0]))
+        for p in PROBLEMS[:8]
+    ]
+    hf = await hf_generator.logprobs(requests)
+    vl = await vllm_generator.logprobs(requests)
+    for a, b in zip(hf, vl, strict=True):
+        assert len(a.logprobs) == len(b.logprobs) > 1
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
