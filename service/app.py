@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from engines.base import EngineSpec, Role
+from engines.reranker import resolve_reranker
 from routers import debug, health, solve
 from service.errors import ErrorCode, ErrorDetail, ServiceError
 from service.faults import FaultInjector
@@ -70,6 +71,9 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     # Fail at once on a configuration that names no checkpoints, not later in the background.
     specs = None if engines is not None else settings.engine_specs()
     state = ServiceState(settings=settings, metrics=Metrics())
+    # Also at once: an unknown or unreadable reranker is a configuration error.
+    state.reranker = resolve_reranker(settings.defaults.reranker, settings.run_dir)
+    logger.info("reranker: %s (from %s)", state.reranker.name, settings.defaults.reranker)
     state.idle.set()
 
     @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,6 +97,11 @@ class CandidateOut(BaseModel):
     label: str = Field(description="draft, global, local or sample_k.")
     kind: CandidateKind
     orm_score: float = Field(description="The ORM's probability that the candidate is right.")
+    rank_score: float | None = Field(
+        default=None,
+        description="The reranker's score (higher wins; compare only within one response); "
+        "null for a strategy that does not rerank.",
+    )
     answer: str | None
     num_steps: int
     num_tokens: int
@@ -197,7 +203,14 @@ class SolveResponse(BaseModel):
     )
     first_flagged_step: int | None
     decision: Decision
-    candidates: list[CandidateOut] = Field(description="Every candidate with its ORM score.")
+    reranker: str | None = Field(
+        default=None,
+        description="The reranker that picked the winner among several candidates: `orm` (the "
+        "paper's) or the run's chosen one; null for a strategy that does not rerank.",
+    )
+    candidates: list[CandidateOut] = Field(
+        description="Every candidate with its ORM and reranker scores."
+    )
     timings: dict[str, float] = Field(description="Seconds per stage, and in total.")
     usage: Usage
 
@@ -237,6 +250,9 @@ class SolveResponse(BaseModel):
                 first_flagged_step=solution.plan.first_flagged_step,
                 local_target_step=local_target,
             ),
+            reranker=cfg.reranker.name
+            if any(s.rank_score is not None for s in solution.candidates)
+            else None,
             candidates=[_candidate(s, include_trace) for s in solution.candidates],
             timings={**{k.value: v for k, v in solution.timings.items()}, "total": total_s},
             usage=Usage(
@@ -252,6 +268,9 @@ def _candidate(scored: Scored, trace: bool) -> CandidateOut:
         label=c.label,
         kind=c.kind,
         orm_score=scored.orm_score,
+        rank_score=None
+        if scored.rank_score is None or not math.isfinite(scored.rank_score)
+        else round(scored.rank_score, 6),
         answer=c.answer,
         num_steps=len(c.steps),
         num_tokens=c.num_tokens,

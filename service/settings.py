@@ -57,6 +57,12 @@ class Defaults(BaseModel):
     sorm_threshold: float = Field(default=0.5, ge=0, le=1)
     max_new_tokens: int = Field(default=256, ge=1)
     n: int = Field(default=4, ge=1)
+    reranker: str = Field(
+        default="default",
+        description="What ranks candidates: `default` (the run's dev-chosen reranker, "
+        "reranker/default.json, else the ORM), `orm` (the paper's), a reranker name saved in "
+        "the run, or a path to a reranker JSON.",
+    )
     sample_temperature: float = Field(
         default=0.7, ge=0, description="best_of_n's default temperature."
     )

@@ -66,6 +66,7 @@ class Solver:
             sample_temperature=defaults.sample_temperature,
             seed=knobs.seed,
             n=min(n or defaults.n, limits.max_n),
+            reranker=self.state.reranker,
         )
 
     async def run(

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from engines.base import Role
+from engines.reranker import ORM_RERANKER, Reranker
 from service.errors import STATUS, ErrorCode, ErrorDetail, ServiceError, error_body
 from service.logs import request_id_var
 from service.metrics import Metrics
@@ -26,6 +27,8 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     engines: ServedEngines | None = None
+    # What ranks candidates (settings.defaults.reranker, resolved at startup).
+    reranker: Reranker = ORM_RERANKER
     load_error: str | None = None
     draining: bool = False
     in_flight: int = 0

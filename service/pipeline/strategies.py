@@ -9,7 +9,7 @@ from engines.base import Role
 from service.pipeline.decide import decide
 from service.pipeline.draft import draft_solution, sample_solutions
 from service.pipeline.refine import refine
-from service.pipeline.rerank import pick, rerank
+from service.pipeline.rerank import pick, rank, rerank
 from service.pipeline.score import score
 from service.pipeline.types import (
     Action,
@@ -80,12 +80,14 @@ async def greedy(question: str, engines: Engines, cfg: PipelineConfig) -> Soluti
 
 @register(StrategyName.BEST_OF_N)
 async def best_of_n(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
-    """The paper's baseline: n samples from the policy, reranked by the ORM."""
+    """The paper's baseline: n samples from the policy, reranked (by the ORM in the paper)."""
     timings: dict[Stage, float] = {}
     with timed(timings, Stage.SAMPLE):
         samples = await sample_solutions(question, engines.policy, cfg)
     with timed(timings, Stage.RERANK):
-        scored = await score(question, samples, engines.orm)
+        scored = await rank(
+            question, await score(question, samples, engines.orm), engines.policy, cfg.reranker
+        )
         winner = pick(scored)
     solution = Solution(
         StrategyName.BEST_OF_N, winner, scored, Plan(Action.KEEP, Reason.NO_REFINEMENT), timings
@@ -114,7 +116,9 @@ async def _draft_and_refine(
     with timed(timings, Stage.REFINE):
         refinements = await refine(question, draft, plan, engines, cfg, kinds)
     with timed(timings, Stage.RERANK):
-        winner, candidates = await rerank(question, scored_draft, refinements, engines.orm)
+        winner, candidates = await rerank(
+            question, scored_draft, refinements, engines.orm, engines.policy, cfg.reranker
+        )
     solution = Solution(name, winner, candidates, plan, timings)
     count_tokens(solution.tokens, [draft, *refinements])
     return solution
@@ -122,7 +126,8 @@ async def _draft_and_refine(
 
 @register(StrategyName.GLORE)
 async def glore(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
-    """GLoRe: an ORM-gated draft, refined globally and locally, reranked by the ORM."""
+    """GLoRe: an ORM-gated draft, refined globally and locally, reranked (by the ORM in the
+    paper; by the run's chosen reranker here, see engines.reranker)."""
     return await _draft_and_refine(
         StrategyName.GLORE, (CandidateKind.GLOBAL, CandidateKind.LOCAL), question, engines, cfg
     )

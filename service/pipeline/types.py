@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from engines.base import EngineHealth, FinishReason, Generator, Role, Scorer, StepScores
+from engines.base import (
+    EngineHealth,
+    FinishReason,
+    Generator,
+    Role,
+    Scorer,
+    StepScores,
+    TokenLogprobs,
+)
+from engines.reranker import ORM_RERANKER, Readings, Reranker
 
 
 class Engines(Protocol):
@@ -100,6 +109,9 @@ class PipelineConfig:
     top_p: float = 1.0
     seed: int | None = None
     n: int = 4
+    # What orders the candidates (GLoRe's and best-of-n's): the run's chosen reranker, or the
+    # paper's ORM. The ORM stays the "when" gate either way.
+    reranker: Reranker = ORM_RERANKER
 
     def __post_init__(self) -> None:
         for name in ("orm_threshold", "sorm_threshold"):
@@ -141,11 +153,19 @@ class Scored:
     candidate: Candidate
     orm: StepScores | None
     sorm: StepScores | None = None
+    # The policy's token log-probabilities of the solution (read when the reranker needs them).
+    logprobs: TokenLogprobs | None = None
+    # The reranker's score (None until ranked); only the order inside one question matters.
+    rank_score: float | None = None
 
     @property
     def orm_score(self) -> float:
         """The ORM's outcome probability; 0 for a solution with no steps, which is no answer."""
         return self.orm.outcome_prob if self.orm is not None else 0.0
+
+    @property
+    def readings(self) -> Readings:
+        return Readings(self.orm, self.logprobs)
 
 
 @dataclass(frozen=True)
