@@ -1,4 +1,4 @@
-"""`glore train all|policy|rollouts|orm|sorm|refiners`: run the pipeline, or one stage of it.
+"""`glore train all|policy|rollouts|orm|sorm|refiners|reranker`: the pipeline, or one stage.
 
 Only stdlib at the top: torch and transformers load inside `run()`, so `glore --help` is fast.
 """
@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-STAGES = ("all", "policy", "rollouts", "orm", "sorm", "refiners")
+STAGES = ("all", "policy", "rollouts", "orm", "sorm", "refiners", "reranker")
 
 
 class _TrainParser(argparse.ArgumentParser):
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "stage",
         choices=STAGES,
-        help="all: policy -> rollouts -> orm -> sorm -> refiners; or one stage on its own",
+        help="all: policy -> rollouts -> orm -> sorm -> refiners -> reranker; or one stage",
     )
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--preset", help="a recipe under training/recipes (smoke, tiny); default tiny")

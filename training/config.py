@@ -122,6 +122,13 @@ class RewardConfig(TrainConfig):
     soft_labels: bool = field(default=False, metadata={"help": "SORM: train on success fraction"})
     propagate: bool = field(default=True, metadata={"help": "SORM: positive makes earlier pos."})
     balance: bool = field(default=True, metadata={"help": "SORM: balance labels per step index"})
+    consistency_check: bool = field(
+        default=True,
+        metadata={
+            "help": "SORM: a continuation verifies a prefix only if it uses the value the "
+            "prefix's last step states (the paper's consistency check)"
+        },
+    )
 
 
 @dataclass
@@ -154,6 +161,41 @@ class RefinerConfig(TrainConfig):
 
 
 @dataclass
+class RerankerConfig:
+    variants: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "lp_orm": ["orm_logit", "lp_mean", "lp_min", "lp_sum", "lp_low_share"],
+            "lp_only": ["lp_mean", "lp_min", "lp_sum", "lp_low_share"],
+        },
+        metadata={
+            "help": "name -> features (engines.reranker.FEATURES) of each linear reranker fitted "
+            "with a within-question pairwise loss"
+        },
+    )
+    default: str = field(
+        default="lp_orm",
+        metadata={
+            "help": "the reranker the service uses: a variant above or a built-in (orm, "
+            "policy_mean_logprob); choose it on the dev split (glore eval --split dev)"
+        },
+    )
+    continuations: bool = field(
+        default=True,
+        metadata={"help": "also learn from every V* continuation (prefix + continuation)"},
+    )
+    extra_drafts: bool = field(
+        default=True, metadata={"help": "also learn from the ORM's outcome-labelled extra drafts"}
+    )
+    l2: float = field(default=1e-3, metadata={"help": "L2 penalty on the standardised weights"})
+    holdout_share: float = field(
+        default=0.15,
+        metadata={"help": "share of training questions held out to measure pairwise accuracy"},
+    )
+    backend: str = field(default="hf", metadata={"help": "engine backend reading the features"})
+    max_batch_size: int = field(default=64, metadata={"help": "rows per forward pass"})
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -166,6 +208,7 @@ class RunConfig:
     orm: RewardConfig = field(default_factory=RewardConfig)
     sorm: RewardConfig = field(default_factory=RewardConfig)
     refiners: RefinerConfig = field(default_factory=RefinerConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,5 @@
-"""The training pipeline: policy -> rollouts -> ORM -> SORM -> refiners, into one run directory.
+"""The training pipeline: policy -> rollouts -> ORM -> SORM -> refiners -> reranker, into one run
+directory.
 
 Every stage reads its inputs from the run directory and writes its outputs there, so each one
 runs alone, a rerun skips finished stages, and `manifest.json` records what happened.
@@ -36,6 +37,7 @@ class Stage(StrEnum):
     ORM = "orm"
     SORM = "sorm"
     REFINERS = "refiners"
+    RERANKER = "reranker"  # last: seeds come from the enum's order
 
 
 # Which config sections each stage's output depends on (its own and everything upstream).
@@ -48,8 +50,13 @@ INPUTS: dict[Stage, tuple[str, ...]] = {
     Stage.REFINERS: (
         "seed", "data", "model", "policy", "expert_iteration", "rollouts", "orm", "refiners",
     ),
+    Stage.RERANKER: (
+        "seed", "data", "model", "policy", "expert_iteration", "rollouts", "orm", "reranker",
+    ),
 }  # fmt: skip
-ALL_STAGES = (Stage.POLICY, Stage.ROLLOUTS, Stage.ORM, Stage.SORM, Stage.REFINERS)
+ALL_STAGES = (
+    Stage.POLICY, Stage.ROLLOUTS, Stage.ORM, Stage.SORM, Stage.REFINERS, Stage.RERANKER,
+)  # fmt: skip
 # Per-stage seed offsets: every stage draws from its own stream.
 SEED_OFFSET = {s: i * 1000 for i, s in enumerate(Stage)}
 
@@ -84,6 +91,7 @@ UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
     Stage.ORM: (Stage.ROLLOUTS,),
     Stage.SORM: (Stage.ROLLOUTS,),
     Stage.REFINERS: (Stage.ROLLOUTS, Stage.ORM),  # the global refiner reads the ORM's drafts
+    Stage.RERANKER: (Stage.POLICY, Stage.ROLLOUTS, Stage.ORM),
 }
 
 
@@ -382,7 +390,12 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
         rows = orm_examples([*rollouts, *extra])
     else:
         rows = sorm_examples(
-            rollouts, seed=seed, soft=cfg.soft_labels, propagate=cfg.propagate, balance=cfg.balance
+            rollouts,
+            seed=seed,
+            soft=cfg.soft_labels,
+            propagate=cfg.propagate,
+            balance=cfg.balance,
+            consistency=cfg.consistency_check,
         )
     problems = run.problems_by_id()
     tok = run.tokenizer()
@@ -529,6 +542,63 @@ def stage_refiners(run: Run) -> dict[str, Any]:
     return out
 
 
+def stage_reranker(run: Run) -> dict[str, Any]:
+    """Linear rerankers fitted on within-question pairs of the policy's outcome-labelled
+    samples (training.reranker); the recipe's `reranker.default` becomes the service's."""
+    from engines.reranker import RERANKER_DIR, Reranker
+    from training.reranker import collect_samples, read_features, save_rerankers, train_rerankers
+    from training.rollouts import read_rollouts
+
+    cfg = run.cfg.reranker
+    policy, orm = run.require(Role.POLICY), run.require(Role.ORM)
+    rollouts = read_rollouts(run.rollouts_dir)
+    extra = _read_orm_extra(run) if cfg.extra_drafts else []
+    samples = collect_samples(
+        rollouts,
+        extra,
+        continuations=cfg.continuations,
+        max_steps=run.cfg.rollouts.max_steps,
+    )
+    questions = {pid: p.question for pid, p in run.problems_by_id().items()}
+    out: dict[str, Any] = {}
+    if run.acc.is_main_process:
+        start = time.perf_counter()
+        readings = read_features(
+            samples,
+            questions,
+            policy,
+            orm,
+            backend=cfg.backend,
+            max_batch_size=cfg.max_batch_size,
+        )
+        read_s = time.perf_counter() - start
+        fitted, report = train_rerankers(
+            samples,
+            readings,
+            cfg.variants,
+            l2=cfg.l2,
+            holdout_share=cfg.holdout_share,
+            seed=run.seed(Stage.RERANKER),
+        )
+        meta = {name: {"heldout": report["heldout_pairwise"].get(name)} for name in fitted}
+        meta[cfg.default] = {
+            "heldout": report["heldout_pairwise"].get(cfg.default),
+            "chosen": "recipe reranker.default (chosen on the dev split)",
+        }
+        path = save_rerankers(run.out / RERANKER_DIR, fitted, cfg.default, meta)
+        out = {
+            "counts": report["counts"],
+            "metrics": {
+                "default": Reranker.load(path).name,
+                "heldout_pairwise": report["heldout_pairwise"],
+                "feature_seconds": round(read_s, 1),
+            },
+            "hashes": {"reranker": dir_hash(path.parent, "*.json")},
+        }
+    run.acc.wait_for_everyone()
+    return out
+
+
 def _ckpt_hash(path: Path) -> str:
     return dir_hash(path, "*.safetensors")
 
@@ -549,6 +619,7 @@ STAGE_FUNCS: dict[Stage, Callable[[Run], dict[str, Any]]] = {
     Stage.ORM: stage_orm,
     Stage.SORM: stage_sorm,
     Stage.REFINERS: stage_refiners,
+    Stage.RERANKER: stage_reranker,
 }
 
 
@@ -557,6 +628,8 @@ def _outputs_exist(run: Run, stage: Stage) -> bool:
         return (run.data_dir / "train.jsonl").exists() and run.tokenizer_dir.exists()
     if stage is Stage.ROLLOUTS:
         return (run.rollouts_dir / "heldout.jsonl").exists()
+    if stage is Stage.RERANKER:
+        return (run.out / "reranker" / "default.json").exists()
     roles = {
         Stage.POLICY: [Role.POLICY],
         Stage.ORM: [Role.ORM],
@@ -585,7 +658,9 @@ def run_stages(
     manifest = Manifest.open(out / "manifest.json", cfg)
     if run.acc.is_main_process:
         (out / "recipe.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    manifest.data["config_hash"] = cfg.section_hash(*INPUTS[Stage.REFINERS], "orm", "sorm")
+    manifest.data["config_hash"] = cfg.section_hash(
+        *INPUTS[Stage.REFINERS], "orm", "sorm", "reranker"
+    )
     manifest.data["processes"] = run.acc.num_processes
     for stage in [Stage.DATA, *stages]:
         entry = manifest.stage(stage)
@@ -649,6 +724,9 @@ def _summary(stages: dict[str, Any]) -> dict[str, Any]:
         "policy_greedy_accuracy": get("policy", "metrics", "test", "greedy_accuracy"),
         "rollout_draft_accuracy": get("rollouts", "metrics", "correct_fraction"),
         "vstar_vs_exact_disagreement": get("rollouts", "metrics", "vstar_vs_exact", "rate"),
+        "vstar_vs_exact_disagreement_no_consistency": get(
+            "rollouts", "metrics", "vstar_vs_exact_no_consistency", "rate"
+        ),
         "orm_outcome_auc": get("orm", "metrics", "heldout", "outcome_auc"),
         "orm_step_auc": get("orm", "metrics", "heldout", "step_auc"),
         "sorm_outcome_auc": get("sorm", "metrics", "heldout", "outcome_auc"),
@@ -663,6 +741,11 @@ def _summary(stages: dict[str, Any]) -> dict[str, Any]:
         "refine_local_keep_rate": get(
             "refiners", "metrics", "refine_local", "heldout", "keep_rate"
         ),
+        "reranker_default": get("reranker", "metrics", "default"),
+        "reranker_heldout_pairwise": {
+            name: row.get("pairwise")
+            for name, row in (get("reranker", "metrics", "heldout_pairwise") or {}).items()
+        },
     }
 
 

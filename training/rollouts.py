@@ -23,6 +23,7 @@ from engines.text import join_steps, policy_prompt, split_steps
 from training import generation
 from training.config import RolloutConfig, RunConfig
 from training.tasks import Problem, check_solution
+from training.tasks.checker import uses_result
 from training.vstar import DraftRollout, disagreement
 
 log = logging.getLogger(__name__)
@@ -77,17 +78,41 @@ def prefix_prompt(problem: Problem, steps: Sequence[str], i: int) -> str:
     return policy_prompt(problem.question) + "".join(s + "\n" for s in steps[: i + 1])
 
 
+@dataclass(frozen=True)
+class Successes:
+    """What K continuations of one step prefix reached.
+
+    `hits` reach the right answer; `consistent` of those also use the value the prefix's last
+    step states (the paper's consistency check, `uses_result`). `example` is one success, a
+    consistent one when there is one. `samples` keeps every continuation as (text, correct,
+    consistent): right and wrong endings of one prefix are within-question contrasts.
+    """
+
+    hits: int
+    consistent: int
+    example: str | None
+    samples: tuple[tuple[str, bool, bool], ...]
+
+    def count(self, consistency: bool) -> int:
+        return self.consistent if consistency else self.hits
+
+
 def count_successes(
     problem: Problem, prefix: Sequence[str], continuations: Sequence[Completion]
-) -> tuple[int, str | None]:
-    """How many continuations of `prefix` reach the right answer, and the first one that does."""
-    hits, example = 0, None
+) -> Successes:
+    """How many continuations of `prefix` reach the right answer (and do so consistently)."""
+    samples = []
     for c in continuations:
         cont = split_steps(c.text)
-        if check_solution(problem, [*prefix, *cont]).answer_correct:
-            hits += 1
-            example = example or join_steps(cont)
-    return hits, example
+        correct = check_solution(problem, [*prefix, *cont]).answer_correct
+        consistent = correct and uses_result(prefix[-1], cont)
+        samples.append((join_steps(cont), correct, consistent))
+    hits = sum(ok for _, ok, _ in samples)
+    consistent = sum(ok for _, _, ok in samples)
+    example = next((t for t, _, ok in samples if ok), None) or next(
+        (t for t, ok, _ in samples if ok), None
+    )
+    return Successes(hits, consistent, example, tuple(samples))
 
 
 @dataclass(frozen=True)
@@ -146,7 +171,7 @@ def rollout_shard(
         n=cfg.k, temperature=cfg.temperature, max_new_tokens=max_new_tokens, seed=seed + 1
     )
     outs = generation.generate(gen, prompts, params, desc="continuations", show=show)
-    found: dict[tuple[int, int], tuple[int, str | None]] = {}
+    found: dict[tuple[int, int], Successes] = {}
     for (d, i), comps in zip(prefixes, outs, strict=True):
         found[(id(d), i)] = count_successes(d.problem, d.steps[: i + 1], comps)
     rows = []
@@ -163,9 +188,11 @@ def rollout_shard(
                 correct=check.answer_correct,
                 finish_reason=d.finish_reason,
                 prefix_ok=check.prefix_ok,
-                successes=(*(h for h, _ in per_step), last),
+                successes=(*(f.hits for f in per_step), last),
                 k=cfg.k,
-                continuations=(*(e for _, e in per_step), None),
+                continuations=(*(f.example for f in per_step), None),
+                consistent_successes=(*(f.consistent for f in per_step), last),
+                samples=(*(f.samples for f in per_step), ()),
             )
         )
     return rows, empty
@@ -283,15 +310,20 @@ def rollout_stats(directory: Path, **extra: Any) -> dict[str, Any]:
     held = read_heldout(directory)
     steps = sum(len(r.steps) for r in rows)
     sampled = sum((len(r.steps) - 1) * r.k for r in rows)
+    kept = sum(len(samples) for r in rows for samples in r.samples)
     return {
         "questions": len({r.problem_id for r in rows}),
         "drafts": len(rows),
         "correct_fraction": sum(r.correct for r in rows) / len(rows) if rows else None,
         "steps": steps,
         "continuations_sampled": sampled,
+        "continuations_kept": kept,
         "heldout_drafts": len(held),
         "heldout_correct_fraction": sum(r.correct for r in held) / len(held) if held else None,
-        "vstar_vs_exact": disagreement(rows).to_dict(),
-        "vstar_vs_exact_raw": disagreement(rows, propagate=False).to_dict(),
+        # V* against the exact step check: with the paper's consistency check on and off, and
+        # before the propagation of positives.
+        "vstar_vs_exact": disagreement(rows, consistency=True).to_dict(),
+        "vstar_vs_exact_no_consistency": disagreement(rows, consistency=False).to_dict(),
+        "vstar_vs_exact_raw": disagreement(rows, propagate=False, consistency=False).to_dict(),
         **extra,
     }

@@ -22,6 +22,10 @@ class DraftRollout:
     `continuations[i]` keeps one successful continuation (text after the prefix) per step, the
     local refiner's target; None where none succeeded.
     `prefix_ok` is the task generator's exact check of every prefix, kept to measure V*.
+    `consistent_successes[i]` counts only the successes that use step i's stated result (the
+    paper's consistency check); empty in rows written before the check existed.
+    `samples[i]` keeps every continuation of prefix i as (text, correct, consistent); empty for
+    the final step and in rows made without continuations.
     """
 
     problem_id: str
@@ -34,6 +38,8 @@ class DraftRollout:
     successes: tuple[int, ...]
     k: int
     continuations: tuple[str | None, ...] = field(default=())
+    consistent_successes: tuple[int, ...] = field(default=())
+    samples: tuple[tuple[tuple[str, bool, bool], ...], ...] = field(default=())
 
     def __post_init__(self) -> None:
         n = len(self.steps)
@@ -48,6 +54,24 @@ class DraftRollout:
             raise ValueError(f"continuations: need one entry per step ({n})")
         if self.k < 1 or any(not 0 <= s <= self.k for s in self.successes):
             raise ValueError(f"successes: each count must lie in 0..k (k={self.k})")
+        if self.consistent_successes and (
+            len(self.consistent_successes) != n
+            or any(
+                not 0 <= c <= s
+                for c, s in zip(self.consistent_successes, self.successes, strict=True)
+            )
+        ):
+            raise ValueError("consistent_successes: one count per step, each <= successes")
+        if self.samples and len(self.samples) != n:
+            raise ValueError(f"samples: need one entry per step ({n})")
+
+    def counts(self, consistency: bool) -> tuple[int, ...]:
+        """Successes per step, counting only consistent ones when `consistency` (and known)."""
+        return (
+            self.consistent_successes
+            if consistency and self.consistent_successes
+            else (self.successes)
+        )
 
     @property
     def key(self) -> tuple[str, int]:
@@ -69,6 +93,11 @@ class DraftRollout:
             successes=tuple(int(x) for x in d["successes"]),
             k=int(d["k"]),
             continuations=tuple(d.get("continuations") or ()),
+            consistent_successes=tuple(int(x) for x in d.get("consistent_successes") or ()),
+            samples=tuple(
+                tuple((str(t), bool(ok), bool(c)) for t, ok, c in step)
+                for step in d.get("samples") or ()
+            ),
         )
 
 
@@ -80,11 +109,13 @@ class StepLabels:
     soft: tuple[float, ...]
 
 
-def vstar_labels(rollout: DraftRollout) -> StepLabels:
-    """Raw V*: a step is positive iff any of its K continuations reaches the correct answer."""
+def vstar_labels(rollout: DraftRollout, *, consistency: bool = False) -> StepLabels:
+    """Raw V*: a step is positive iff any of its K continuations reaches the correct answer
+    (with `consistency`, only continuations that use the step's stated result count)."""
+    counts = rollout.counts(consistency)
     return StepLabels(
-        hard=tuple(s > 0 for s in rollout.successes),
-        soft=tuple(s / rollout.k for s in rollout.successes),
+        hard=tuple(s > 0 for s in counts),
+        soft=tuple(s / rollout.k for s in counts),
     )
 
 
@@ -147,9 +178,11 @@ def sorm_examples(
     soft: bool = False,
     propagate: bool = True,
     balance: bool = True,
+    consistency: bool = False,
 ) -> list[SormExample]:
-    """V* labels for every draft, post-processed as in the paper (both steps can be turned off)."""
-    labels = [vstar_labels(r) for r in rollouts]
+    """V* labels for every draft, post-processed as in the paper (each step can be turned off:
+    the consistency check, the propagation of positives, the per-step balancing)."""
+    labels = [vstar_labels(r, consistency=consistency) for r in rollouts]
     if propagate:
         labels = [propagate_positives(lab) for lab in labels]
     masks = (
@@ -202,11 +235,14 @@ class Disagreement:
         }
 
 
-def disagreement(rollouts: Iterable[DraftRollout], *, propagate: bool = True) -> Disagreement:
-    """Compare V* (optionally after propagation) with `prefix_ok` from the task's checker."""
+def disagreement(
+    rollouts: Iterable[DraftRollout], *, propagate: bool = True, consistency: bool = False
+) -> Disagreement:
+    """Compare V* (optionally after propagation, optionally with the consistency check) with
+    `prefix_ok` from the task's checker."""
     steps = fp = fn = 0
     for r in rollouts:
-        lab = vstar_labels(r)
+        lab = vstar_labels(r, consistency=consistency)
         if propagate:
             lab = propagate_positives(lab)
         for v, exact in zip(lab.hard, r.prefix_ok, strict=True):

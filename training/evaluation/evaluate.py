@@ -119,9 +119,11 @@ async def vstar_for(
     seed: int,
     max_new_tokens: int,
     chunk: int = 64,
+    consistency: bool = True,
 ) -> None:
     """Label every draft step by V*, as the paper's training data was: sample K continuations
-    from each step prefix; positive iff any reaches the right answer; positives propagate back.
+    from each step prefix; positive iff any reaches the right answer (using the step's stated
+    result, with `consistency`); positives propagate back.
     """
     from tqdm.auto import tqdm
 
@@ -135,7 +137,8 @@ async def vstar_for(
         outs = await policy.generate(prompts, params)
         for (r, i), comps in zip(part, outs, strict=True):
             prefix = r.draft_steps[: i + 1]
-            hits[(r.problem_id, i)], _ = count_successes(problems[r.problem_id], prefix, comps)
+            found = count_successes(problems[r.problem_id], prefix, comps)
+            hits[(r.problem_id, i)] = found.count(consistency)
         bar.update(len(part))
     bar.close()
     for r in records:

@@ -14,6 +14,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from engines.base import LikelihoodRequest
+from engines.reranker import FEATURES, ORM_RERANKER
+from engines.text import join_steps, policy_prompt
 from service.pipeline.strategies import solve
 from service.pipeline.types import (
     Engines,
@@ -64,7 +67,22 @@ METHODS: tuple[Method, ...] = (
         {"refine": RefineMode.AUTO},
         "GLoRe, refining only when the draft's ORM score is below the threshold",
     ),
+    # The paper's own reranker beside the run's chosen one (the fidelity rows).
+    Method(
+        "best_of_3_orm",
+        StrategyName.BEST_OF_N,
+        {"n": 3, "reranker": ORM_RERANKER},
+        "3 samples, reranked by the ORM (the paper's baseline as published)",
+    ),
+    Method(
+        "glore_orm",
+        StrategyName.GLORE,
+        {"refine": RefineMode.ALWAYS, "reranker": ORM_RERANKER},
+        "{draft, global, local} reranked by the ORM (the paper's GLoRe as published)",
+    ),
 )
+# Whose candidates every reranker is measured on: GLoRe's, and best-of-3's samples.
+RANKED_METHODS = ("glore", "best_of_3")
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,13 @@ class Outcome:
     correct: bool
     tokens: int
     winner: str
+
+
+@dataclass(frozen=True)
+class RankedCandidate:
+    label: str
+    correct: bool
+    features: dict[str, float]
 
 
 @dataclass
@@ -92,6 +117,9 @@ class QuestionRecord:
     candidate_orm: dict[str, float]
     methods: dict[str, Outcome]
     vstar: list[bool] | None = None  # V* labels of the draft's steps from fresh rollouts
+    # For each method in RANKED_METHODS: every candidate's label, correctness and reranker
+    # features (engines.reranker.FEATURES), so any reranker can be measured offline.
+    ranked: dict[str, list[RankedCandidate]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +129,9 @@ class QuestionRecord:
         d = dict(d)
         d["candidates"] = {k: Outcome(**v) for k, v in d["candidates"].items()}
         d["methods"] = {k: Outcome(**v) for k, v in d["methods"].items()}
+        d["ranked"] = {
+            k: [RankedCandidate(**c) for c in v] for k, v in (d.get("ranked") or {}).items()
+        }
         return cls(**d)
 
 
@@ -125,6 +156,7 @@ async def evaluate_question(
         *(solve(problem.question, engines, _config(base, m), m.strategy) for m in methods)
     )
     by_name = dict(zip((m.name for m in methods), solutions, strict=True))
+    ranked = await _ranked(problem, engines, by_name)
     full = by_name["glore"]
     draft = full.draft
     if draft is None:
@@ -149,7 +181,45 @@ async def evaluate_question(
         methods={
             name: _outcome(problem, sol.winner, sol.total_tokens) for name, sol in by_name.items()
         },
+        ranked=ranked,
     )
+
+
+async def _ranked(
+    problem: Problem, engines: Engines, solutions: dict[str, Solution]
+) -> dict[str, list[RankedCandidate]]:
+    """Every candidate of the RANKED_METHODS with its features; the policy's log-probabilities
+    are read here (one call) where the strategy's own reranker did not need them."""
+    todo = [
+        s
+        for name in RANKED_METHODS
+        if name in solutions
+        for s in solutions[name].candidates
+        if s.candidate.steps and s.logprobs is None
+    ]
+    read = {}
+    if todo:
+        prompt = policy_prompt(problem.question)
+        lps = await engines.policy.logprobs(
+            [LikelihoodRequest(prompt, join_steps(s.candidate.steps)) for s in todo]
+        )
+        read = {id(s): lp for s, lp in zip(todo, lps, strict=True)}
+    out: dict[str, list[RankedCandidate]] = {}
+    for name in RANKED_METHODS:
+        if name not in solutions:
+            continue
+        rows = []
+        for s in solutions[name].candidates:
+            readings = replace(s, logprobs=s.logprobs or read.get(id(s))).readings
+            # A candidate without steps states no answer: no features, and it never wins.
+            features = (
+                {f: float(fn(readings)) for f, fn in FEATURES.items()} if s.candidate.steps else {}
+            )
+            rows.append(
+                RankedCandidate(s.candidate.label, _outcome(problem, s, 0).correct, features)
+            )
+        out[name] = rows
+    return out
 
 
 async def evaluate(

@@ -60,6 +60,22 @@ def stated_result(step: str) -> str | None:
     return normalize_number(matches[-1].group(1)) if matches else None
 
 
+def uses_result(step: str, continuation: Sequence[str]) -> bool:
+    """The paper's consistency check on a V* continuation: does it use the value `step` states?
+
+    A continuation that reaches the right answer without the prefix's intermediate result (it
+    recomputed around a wrong step, or guessed) does not show that the prefix was on track. A
+    step that states no number has nothing to check, so any continuation uses it.
+    """
+    value = stated_result(step)
+    if value is None:
+        return True
+    for later in continuation:
+        if any(normalize_number(m.group(1)) == value for m in _NUMBER.finditer(later)):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class StepCheck:
     """The verdict on a candidate solution, one entry per candidate step."""
