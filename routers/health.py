@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from service.errors import ErrorCode, ServiceError, responses
-from service.schemas import Health, Ready, RoleStatus
+from service.schemas import Health, Ready, RoleStatus, ThresholdDefault
 from service.state import ServiceState, get_state
 
 router = APIRouter(tags=["probes"])
@@ -36,5 +36,9 @@ async def ready(state: StateDep) -> Ready | JSONResponse:
         roles={
             role.value: RoleStatus(healthy=ok, detail=detail)
             for role, (ok, detail) in state.role_status().items()
-        }
+        },
+        defaults={
+            name: ThresholdDefault(value=getattr(state.settings.defaults, name), source=source)
+            for name, source in state.default_sources.items()
+        },
     )

@@ -36,7 +36,7 @@ from service.middleware import (
     RequestContextMiddleware,
 )
 from service.pipeline import ServedEngines
-from service.settings import Settings
+from service.settings import Settings, with_run_defaults
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -68,9 +68,16 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     says 503 until they are."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json)
+    settings, sources = with_run_defaults(settings)
+    logger.info(
+        "default thresholds: %s",
+        ", ".join(
+            f"{name}={getattr(settings.defaults, name)} ({src})" for name, src in sources.items()
+        ),
+    )
     # Fail at once on a configuration that names no checkpoints, not later in the background.
     specs = None if engines is not None else settings.engine_specs()
-    state = ServiceState(settings=settings, metrics=Metrics())
+    state = ServiceState(settings=settings, metrics=Metrics(), default_sources=sources)
     # Also at once: an unknown or unreadable reranker is a configuration error.
     state.reranker = resolve_reranker(settings.defaults.reranker, settings.run_dir)
     logger.info("reranker: %s (from %s)", state.reranker.name, settings.defaults.reranker)

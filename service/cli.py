@@ -76,7 +76,7 @@ def train(run_dir: Path, preset: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from service.settings import Settings, read_serving_defaults
 
     overrides: dict[str, object] = {}
     if args.run is not None:
@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         specs = settings.engine_specs()
+        if run_dir is not None:
+            read_serving_defaults(run_dir)  # a broken serving.json fails here, not at startup
     except ValueError as exc:
         print(f"glore serve: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from engines.base import FinishReason
 from service.pipeline import (
     Action,
     CandidateKind,
+    LocalWhenUnflagged,
     PipelineConfig,
     Reason,
     RefineMode,
@@ -18,6 +19,7 @@ from service.pipeline import (
     Solution,
     StrategyName,
 )
+from service.settings import DefaultSource
 
 _SOLVE_EXAMPLE: dict[str, Any] = {
     "question": "Ann has 3 boxes of 12 pencils and gives away 5 pencils. How many are left?",
@@ -36,7 +38,9 @@ class Knobs(BaseModel):
     """The strategy and its knobs, shared by /solve and the chat endpoint. None: server default."""
 
     strategy: StrategyName | None = Field(
-        default=None, description="glore (default), greedy, best_of_n, global_only, local_only."
+        default=None,
+        description="glore (default), greedy, best_of_n, global_only, local_only, "
+        "self_consistency (majority vote over n samples, no reward model).",
     )
     refine: RefineMode | None = Field(
         default=None,
@@ -53,12 +57,18 @@ class Knobs(BaseModel):
         description="A step whose SORM score is below this is flagged; the local critique goes "
         "before the first flagged step.",
     )
+    local_when_unflagged: LocalWhenUnflagged | None = Field(
+        default=None,
+        description="When refining a draft whose steps the SORM flags none of: skip (the "
+        "paper, default: refine globally only) or lowest (critique the step the SORM trusts "
+        "least).",
+    )
     temperature: float | None = Field(
         default=None,
         ge=0,
         le=2,
         description="Sampling temperature for every generation (default: greedy drafts and "
-        "refinements, 0.7 for best_of_n samples).",
+        "refinements, 0.7 for best_of_n and self_consistency samples).",
     )
     seed: int | None = Field(default=None, description="Makes sampling reproducible.")
     include_trace: bool = Field(default=False, description="Return every candidate's full text.")
@@ -71,7 +81,9 @@ class SolveRequest(Knobs):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_SOLVE_EXAMPLE]})
 
     question: str = Field(min_length=1, description="A grade-school math word problem.")
-    n: int | None = Field(default=None, ge=1, description="best_of_n: how many samples.")
+    n: int | None = Field(
+        default=None, ge=1, description="best_of_n and self_consistency: how many samples."
+    )
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Per generation; bounded by the server's limit."
     )
@@ -83,20 +95,24 @@ class Decision(BaseModel):
     refine_mode: RefineMode
     orm_threshold: float
     sorm_threshold: float
+    local_when_unflagged: LocalWhenUnflagged
     first_flagged_step: int | None = Field(
         description="First draft step whose SORM score is below sorm_threshold (0-based)."
     )
     local_target_step: int | None = Field(
         description="Where the local critique went: the first flagged step, or, when none is "
-        "flagged, the draft step with the lowest SORM score; null when nothing was refined "
-        "locally."
+        "flagged and local_when_unflagged is lowest, the draft step with the lowest SORM score; "
+        "null when nothing was refined locally."
     )
 
 
 class CandidateOut(BaseModel):
     label: str = Field(description="draft, global, local or sample_k.")
     kind: CandidateKind
-    orm_score: float = Field(description="The ORM's probability that the candidate is right.")
+    orm_score: float | None = Field(
+        description="The ORM's probability that the candidate is right (0 for a solution with "
+        "no steps); null where the strategy does not consult the ORM (self_consistency)."
+    )
     rank_score: float | None = Field(
         default=None,
         description="The reranker's score (higher wins; compare only within one response); "
@@ -142,6 +158,7 @@ class SolveResponse(BaseModel):
                         "refine_mode": "auto",
                         "orm_threshold": 0.5,
                         "sorm_threshold": 0.5,
+                        "local_when_unflagged": "skip",
                         "first_flagged_step": 1,
                         "local_target_step": 1,
                     },
@@ -211,6 +228,11 @@ class SolveResponse(BaseModel):
     candidates: list[CandidateOut] = Field(
         description="Every candidate with its ORM and reranker scores."
     )
+    votes: dict[str, int] | None = Field(
+        default=None,
+        description="self_consistency: how many samples stated each final answer (samples "
+        "without one do not vote; ties go to the answer stated first); null otherwise.",
+    )
     timings: dict[str, float] = Field(description="Seconds per stage, and in total.")
     usage: Usage
 
@@ -247,6 +269,7 @@ class SolveResponse(BaseModel):
                 refine_mode=cfg.refine,
                 orm_threshold=cfg.orm_threshold,
                 sorm_threshold=cfg.sorm_threshold,
+                local_when_unflagged=cfg.local_when_unflagged,
                 first_flagged_step=solution.plan.first_flagged_step,
                 local_target_step=local_target,
             ),
@@ -254,6 +277,7 @@ class SolveResponse(BaseModel):
             if any(s.rank_score is not None for s in solution.candidates)
             else None,
             candidates=[_candidate(s, include_trace) for s in solution.candidates],
+            votes=solution.votes,
             timings={**{k.value: v for k, v in solution.timings.items()}, "total": total_s},
             usage=Usage(
                 completion_tokens=solution.total_tokens,
@@ -267,7 +291,8 @@ def _candidate(scored: Scored, trace: bool) -> CandidateOut:
     return CandidateOut(
         label=c.label,
         kind=c.kind,
-        orm_score=scored.orm_score,
+        # A solution with steps and no ORM reading was never shown to the ORM.
+        orm_score=None if scored.orm is None and c.steps else scored.orm_score,
         rank_score=None
         if scored.rank_score is None or not math.isfinite(scored.rank_score)
         else round(scored.rank_score, 6),
@@ -331,7 +356,9 @@ class ChatCompletionRequest(Knobs):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, description="Choices to return; only 1 is supported.")
     stream: bool = Field(default=False, description="Streaming is not supported.")
-    num_samples: int | None = Field(default=None, ge=1, description="best_of_n's n.")
+    num_samples: int | None = Field(
+        default=None, ge=1, description="best_of_n's and self_consistency's n."
+    )
 
 
 class ChatChoiceMessage(BaseModel):
@@ -385,6 +412,14 @@ class RoleStatus(BaseModel):
     detail: str = ""
 
 
+class ThresholdDefault(BaseModel):
+    value: float
+    source: DefaultSource = Field(
+        description="settings (GLORE_DEFAULTS__*), run (RUN_DIR/serving.json, chosen on "
+        "validation by a test-split `glore eval`) or built-in."
+    )
+
+
 class Ready(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -395,6 +430,10 @@ class Ready(BaseModel):
                         role: {"healthy": True, "detail": ""}
                         for role in ("policy", "orm", "sorm", "refine_global", "refine_local")
                     },
+                    "defaults": {
+                        "sorm_threshold": {"value": 0.42, "source": "run"},
+                        "orm_threshold": {"value": 0.5, "source": "settings"},
+                    },
                 }
             ]
         }
@@ -402,6 +441,9 @@ class Ready(BaseModel):
 
     status: Literal["ready"] = "ready"
     roles: dict[str, RoleStatus]
+    defaults: dict[str, ThresholdDefault] = Field(
+        default_factory=dict, description="The thresholds a request gets when it sets none."
+    )
 
 
 class Killed(BaseModel):

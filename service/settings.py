@@ -3,18 +3,24 @@
 Examples: GLORE_RUN_DIR=runs/tiny, GLORE_POLICY__BACKEND=vllm,
 GLORE_POLICY__OPTIONS='{"dtype": "bfloat16"}', GLORE_LIMITS__MAX_IN_FLIGHT=16,
 GLORE_DEFAULTS__ORM_THRESHOLD=0.6, GLORE_API_KEYS=key-one,key-two.
+
+The SORM and ORM thresholds a request gets by default are, in order: the ones set here (env or
+arguments), the ones a test-split `glore eval` chose on validation (RUN_DIR/serving.json), the
+built-in 0.5.
 """
 
 from __future__ import annotations
 
+import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engines.base import Backend, EngineSpec, Role
-from service.pipeline import RefineMode, StrategyName
+from service.pipeline import LocalWhenUnflagged, RefineMode, StrategyName
 
 
 class RoleSettings(BaseModel):
@@ -55,6 +61,7 @@ class Defaults(BaseModel):
     refine: RefineMode = RefineMode.AUTO
     orm_threshold: float = Field(default=0.5, ge=0, le=1)
     sorm_threshold: float = Field(default=0.5, ge=0, le=1)
+    local_when_unflagged: LocalWhenUnflagged = LocalWhenUnflagged.SKIP
     max_new_tokens: int = Field(default=256, ge=1)
     n: int = Field(default=4, ge=1)
     reranker: str = Field(
@@ -64,7 +71,7 @@ class Defaults(BaseModel):
         "the run, or a path to a reranker JSON.",
     )
     sample_temperature: float = Field(
-        default=0.7, ge=0, description="best_of_n's default temperature."
+        default=0.7, ge=0, description="best_of_n's and self_consistency's default temperature."
     )
 
 
@@ -145,3 +152,66 @@ class Settings(BaseSettings):
                 )
             specs[role] = EngineSpec(path=str(path), backend=rs.backend, options=dict(rs.options))
         return specs
+
+
+# ------------------------------------------------------------------ defaults chosen by evaluation
+
+SERVING_FILE = "serving.json"
+THRESHOLDS = ("sorm_threshold", "orm_threshold")
+
+
+class ServingDefaults(BaseModel):
+    """RUN_DIR/serving.json: the thresholds a test-split `glore eval` chose on validation."""
+
+    sorm_threshold: float = Field(
+        ge=0,
+        le=1,
+        description="The SORM threshold with the best step-level accuracy against the exact "
+        "step labels of the validation drafts (ties: nearest 0.5).",
+    )
+    orm_threshold: float = Field(
+        ge=0,
+        le=1,
+        description="The ORM gate under which refining paid most on validation (ties: nearest "
+        "0.5).",
+    )
+    report: str | None = Field(default=None, description="The report that chose them.")
+    written: str | None = Field(default=None, description="When (UTC, ISO 8601).")
+
+
+def read_serving_defaults(run_dir: Path) -> ServingDefaults | None:
+    """The run's evaluation-chosen thresholds; None when no evaluation wrote any. A file that
+    is there but unreadable is a ValueError naming it: serving on a silent fallback would hide
+    it."""
+    path = run_dir / SERVING_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ServingDefaults.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as exc:
+        raise ValueError(f"{path} is not a valid {SERVING_FILE}: {exc}") from None
+
+
+class DefaultSource(StrEnum):
+    SETTINGS = "settings"  # GLORE_DEFAULTS__*, or Settings(defaults=...)
+    RUN = "run"  # RUN_DIR/serving.json, written by a test-split `glore eval`
+    BUILT_IN = "built-in"
+
+
+def with_run_defaults(settings: Settings) -> tuple[Settings, dict[str, DefaultSource]]:
+    """`settings` with the run's evaluation-chosen thresholds as defaults where the settings
+    did not set them, and which source won for each threshold."""
+    explicit = settings.defaults.model_fields_set
+    chosen = read_serving_defaults(settings.run_dir) if settings.run_dir is not None else None
+    updates: dict[str, float] = {}
+    sources: dict[str, DefaultSource] = {}
+    for name in THRESHOLDS:
+        if name in explicit:
+            sources[name] = DefaultSource.SETTINGS
+        elif chosen is not None:
+            updates[name] = getattr(chosen, name)
+            sources[name] = DefaultSource.RUN
+        else:
+            sources[name] = DefaultSource.BUILT_IN
+    defaults = settings.defaults.model_copy(update=updates)
+    return settings.model_copy(update={"defaults": defaults}), sources

@@ -61,6 +61,7 @@ class Solver:
             refine=knobs.refine or defaults.refine,
             orm_threshold=_first(knobs.orm_threshold, defaults.orm_threshold),
             sorm_threshold=_first(knobs.sorm_threshold, defaults.sorm_threshold),
+            local_when_unflagged=knobs.local_when_unflagged or defaults.local_when_unflagged,
             max_new_tokens=min(max_new_tokens or defaults.max_new_tokens, limits.max_new_tokens),
             temperature=knobs.temperature,
             sample_temperature=defaults.sample_temperature,

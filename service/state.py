@@ -17,7 +17,7 @@ from service.errors import STATUS, ErrorCode, ErrorDetail, ServiceError, error_b
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.pipeline import ServedEngines
-from service.settings import Settings
+from service.settings import DefaultSource, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class ServiceState:
     # The app's route paths, so a request refused before routing (401, 413, 429) is still
     # labelled with its route in the latency histogram.
     route_paths: frozenset[str] = frozenset()
+    # Which source set each default threshold (settings, the run's serving.json, built-in).
+    default_sources: dict[str, DefaultSource] = field(default_factory=dict)
 
     def role_status(self) -> dict[Role, tuple[bool, str]]:
         """Each role's health: loading, failed to load, or what its engine says."""

@@ -3,7 +3,8 @@ call them, so online answers and offline numbers come from the same code."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from engines.base import Role
 from service.pipeline.decide import decide
@@ -13,11 +14,13 @@ from service.pipeline.rerank import pick, rank, rerank
 from service.pipeline.score import score
 from service.pipeline.types import (
     Action,
+    Candidate,
     CandidateKind,
     Engines,
     PipelineConfig,
     Plan,
     Reason,
+    Scored,
     Solution,
     Stage,
     StrategyName,
@@ -37,6 +40,7 @@ REQUIRED_ROLES: dict[StrategyName, frozenset[Role]] = {
     StrategyName.GLORE: frozenset(Role),
     StrategyName.GLOBAL_ONLY: frozenset({Role.POLICY, Role.ORM, Role.REFINE_GLOBAL}),
     StrategyName.LOCAL_ONLY: frozenset({Role.POLICY, Role.ORM, Role.SORM, Role.REFINE_LOCAL}),
+    StrategyName.SELF_CONSISTENCY: frozenset({Role.POLICY}),
 }
 
 
@@ -91,6 +95,43 @@ async def best_of_n(question: str, engines: Engines, cfg: PipelineConfig) -> Sol
         winner = pick(scored)
     solution = Solution(
         StrategyName.BEST_OF_N, winner, scored, Plan(Action.KEEP, Reason.NO_REFINEMENT), timings
+    )
+    count_tokens(solution.tokens, samples)
+    return solution
+
+
+def majority_vote(samples: Sequence[Candidate]) -> tuple[int | None, dict[str, int]]:
+    """The index of the sample that carries the majority answer, and every answer's votes.
+
+    Samples without a stated answer do not vote. Ties go to the answer stated first, and the
+    answer is carried by its first sample: a deterministic rule that needs no reward model.
+    None when no sample states an answer.
+    """
+    votes = Counter(s.answer for s in samples if s.answer is not None)
+    if not votes:
+        return None, {}
+    # Counter keeps first-seen order, and max keeps the first of equals: ties go to the earliest.
+    answer = max(votes, key=lambda a: votes[a])
+    return next(i for i, s in enumerate(samples) if s.answer == answer), dict(votes)
+
+
+@register(StrategyName.SELF_CONSISTENCY)
+async def self_consistency(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
+    """Self-consistency (Wang et al., 2023): n samples from the policy, the most frequent final
+    answer wins. No reward model is consulted, so the candidates carry no ORM score."""
+    timings: dict[Stage, float] = {}
+    with timed(timings, Stage.SAMPLE):
+        samples = await sample_solutions(question, engines.policy, cfg)
+    with timed(timings, Stage.RERANK):
+        winner, votes = majority_vote(samples)
+    scored = [Scored(s, None) for s in samples]
+    solution = Solution(
+        StrategyName.SELF_CONSISTENCY,
+        scored[winner or 0],
+        scored,
+        Plan(Action.KEEP, Reason.NO_REFINEMENT),
+        timings,
+        votes=votes,
     )
     count_tokens(solution.tokens, samples)
     return solution

@@ -58,11 +58,19 @@ class StrategyName(StrEnum):
     BEST_OF_N = "best_of_n"
     GLOBAL_ONLY = "global_only"
     LOCAL_ONLY = "local_only"
+    SELF_CONSISTENCY = "self_consistency"
 
 
 class RefineMode(StrEnum):
     AUTO = "auto"  # refine only when the draft's ORM outcome score is below the threshold
     ALWAYS = "always"
+
+
+class LocalWhenUnflagged(StrEnum):
+    """Where the local critique goes when the plan is to refine but the SORM flags no step."""
+
+    SKIP = "skip"  # the paper: no local refinement (the global one still runs)
+    LOWEST = "lowest"  # the step the SORM trusts least (earliest on ties)
 
 
 class Stage(StrEnum):
@@ -94,6 +102,8 @@ class Reason(StrEnum):
     REFINE_ALWAYS = "refine_always"
     EMPTY_DRAFT = "empty_draft"
     NO_REFINEMENT = "strategy_does_not_refine"
+    # Refining, but the SORM flags no step, so (as in the paper) only globally.
+    NO_STEP_FLAGGED = "no_step_flagged"
 
 
 @dataclass(frozen=True)
@@ -105,13 +115,15 @@ class PipelineConfig:
     sorm_threshold: float = 0.5
     max_new_tokens: int = 256
     temperature: float | None = None
-    sample_temperature: float = 0.7  # best_of_n's default, since n greedy samples are one sample
+    # best_of_n's and self_consistency's default, since n greedy samples are one sample
+    sample_temperature: float = 0.7
     top_p: float = 1.0
     seed: int | None = None
     n: int = 4
     # What orders the candidates (GLoRe's and best-of-n's): the run's chosen reranker, or the
     # paper's ORM. The ORM stays the "when" gate either way.
     reranker: Reranker = ORM_RERANKER
+    local_when_unflagged: LocalWhenUnflagged = LocalWhenUnflagged.SKIP
 
     def __post_init__(self) -> None:
         for name in ("orm_threshold", "sorm_threshold"):
@@ -137,7 +149,7 @@ class Candidate:
     num_tokens: int
     finish_reason: FinishReason
     role: Role
-    index: int = 0  # which sample, for best_of_n
+    index: int = 0  # which sample, for best_of_n and self_consistency
 
     @property
     def label(self) -> str:
@@ -176,8 +188,8 @@ class Plan:
     reason: Reason
     # First step whose SORM score is below the threshold; None when no step is.
     first_flagged_step: int | None = None
-    # Where the local critique goes: the first flagged step, or, when the SORM flags none while
-    # the ORM doubts the draft, the step with the lowest SORM score (its best guess).
+    # Where the local critique goes: the first flagged step; when the SORM flags none, nowhere
+    # (the paper), or with local_when_unflagged=lowest the step with the lowest SORM score.
     local_target: int | None = None
 
 
@@ -191,6 +203,8 @@ class Solution:
     plan: Plan
     timings: dict[Stage, float] = field(default_factory=dict)
     tokens: dict[Role, int] = field(default_factory=dict)
+    # self_consistency: how many samples stated each answer (first-stated first); else None.
+    votes: dict[str, int] | None = None
 
     @property
     def draft(self) -> Scored | None:

@@ -1,4 +1,8 @@
-"""`glore eval --run runs/NAME --out reports/NAME`: the paper's tables for a trained run."""
+"""`glore eval --run runs/NAME --out reports/NAME [--split dev]`: the paper's tables for a run.
+
+Make every choice on `--split dev`; evaluate `--split test` (the default) once, at the end: the
+run counts its test evaluations, and a test evaluation sets the thresholds `glore serve` uses.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="GSM8K-format JSONL to evaluate on instead of the run's held-out test split",
     )
-    parser.add_argument("--n", type=int, default=1000, help="test questions (default 1000)")
+    parser.add_argument(
+        "--split",
+        choices=("test", "dev"),
+        default="test",
+        help="test (default): the held-out test split, counted in RUN/evaluations.json and "
+        "writing RUN/serving.json; dev: a synthetic stream disjoint from train, validation and "
+        "test, for every choice made before the one test evaluation",
+    )
+    parser.add_argument(
+        "--n", type=int, default=1000, help="questions of the split to evaluate (default 1000)"
+    )
     parser.add_argument(
         "--n-val", type=int, default=200, help="validation questions for thresholds"
     )
@@ -30,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.evaluation.evaluate import EvalOptions, run_evaluation
+    from training.evaluation.evaluate import EvalOptions, Split, run_evaluation
 
     options = EvalOptions(
         run=args.run,
@@ -44,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         concurrency=args.concurrency,
         max_new_tokens=args.max_new_tokens,
+        split=Split(args.split),
     )
     paths = run_evaluation(options)
     print(f"report: {paths['md']}")

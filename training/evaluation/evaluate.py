@@ -1,17 +1,24 @@
 """Evaluate a trained run end to end: problems, engines, strategies, V* labels, the report.
 
-Validation questions pick the thresholds (step-level, and the ORM gate); test questions are
-reported. Nothing here re-implements a strategy: every answer comes from service.pipeline.
+Validation questions pick the thresholds (the SORM's, for step-level accuracy, and the ORM
+gate); test or dev questions are reported. Every choice is made on dev; the test split is for
+the end, and `RUN/evaluations.json` counts how often it was evaluated. A test evaluation
+writes the thresholds it chose into `RUN/serving.json`, which `glore serve` uses as defaults.
+Nothing here re-implements a strategy: every answer comes from service.pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,8 @@ import yaml
 
 from engines.base import Backend, Generator, Role, SamplingParams
 from service.pipeline.types import Engines, PipelineConfig
-from training.evaluation.report import build_report, gate_threshold, write_report
+from service.settings import SERVING_FILE, ServingDefaults
+from training.evaluation.report import build_report, gate_threshold, sorm_threshold, write_report
 from training.evaluation.runner import METHODS, QuestionRecord, evaluate
 from training.rollouts import count_successes, prefix_prompt
 from training.tasks import (
@@ -34,8 +42,16 @@ from training.vstar import DraftRollout, propagate_positives, vstar_labels
 
 log = logging.getLogger(__name__)
 
-# Extra synthetic test problems come from a stream no training split ever reads.
+# Extra synthetic test problems, and the dev problems, come from streams no training split
+# ever reads.
 EXTRA_TEST_STREAM = 1_000_003
+DEV_STREAM = 1_000_004
+EVALUATIONS_FILE = "evaluations.json"
+
+
+class Split(StrEnum):
+    TEST = "test"  # reported once, at the end
+    DEV = "dev"  # where every choice is made
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,7 @@ class EvalOptions:
     backend: str = "hf"
     concurrency: int = 32
     max_new_tokens: int = 160
+    split: Split = Split.TEST
 
 
 # ------------------------------------------------------------------ problems
@@ -64,6 +81,14 @@ def _recipe(run: Path) -> dict[str, Any]:
     return {}
 
 
+def _task(run: Path) -> TaskConfig | None:
+    """The synthetic task config a run trained on; None for a run on other data."""
+    data = _recipe(run).get("data") or {}
+    if data.get("task") is None or data.get("source", "synthetic") != "synthetic":
+        return None
+    return TaskConfig.from_dict(data["task"])
+
+
 def held_out_problems(run: Path, n_test: int, n_val: int) -> tuple[list[Problem], list[Problem]]:
     """(test, val) problems: the run's own held-out splits, extended for synthetic runs.
 
@@ -74,37 +99,91 @@ def held_out_problems(run: Path, n_test: int, n_val: int) -> tuple[list[Problem]
     test = load_problems(data / "test.jsonl")
     val = load_problems(data / "val.jsonl")[:n_val]
     if len(test) < n_test:
-        task = (_recipe(run).get("data") or {}).get("task")
-        if (
-            task is None
-            or (_recipe(run).get("data") or {}).get("source", "synthetic") != "synthetic"
-        ):
+        task = _task(run)
+        if task is None:
             log.warning("only %d held-out test problems in %s", len(test), data)
         else:
-            test += _fresh_problems(run, TaskConfig.from_dict(task), n_test - len(test), test)
+            test += _fresh_problems(run, task, n_test - len(test), Split.TEST)
     return test[:n_test], val
 
 
-def _fresh_problems(
-    run: Path, task: TaskConfig, n: int, already: Sequence[Problem]
-) -> list[Problem]:
+def dev_problems(run: Path, n_dev: int) -> list[Problem]:
+    """The dev split: `RUN/data/dev.jsonl` when the run has one, else `n_dev` questions of a
+    stream of its own, disjoint from train, validation and test (the extra ones included)."""
+    path = run / "data" / "dev.jsonl"
+    if path.exists():
+        return load_problems(path)[:n_dev]
+    task = _task(run)
+    if task is None:
+        raise ValueError(
+            f"--split dev needs a synthetic run (its task config) or {path}; {run} has neither"
+        )
+    return _fresh_problems(run, task, n_dev, Split.DEV)
+
+
+def fresh_split(question: str) -> Split:
+    """Which split a freshly generated question may serve: a stable hash of the question halves
+    the question space, so the extra test questions and the dev ones never overlap, whatever
+    sizes either is asked for."""
+    digest = hashlib.sha256(canonical_question(question).encode()).digest()
+    return Split.DEV if digest[0] & 1 else Split.TEST
+
+
+def _fresh_problems(run: Path, task: TaskConfig, n: int, split: Split) -> list[Problem]:
+    """`n` generated questions for `split`, none of which the run trained, validated or tested
+    on, from that split's stream and its half of the question space."""
     seen = {
         canonical_question(p.question)
-        for split in ("train", "val")
-        for p in load_problems(run / "data" / f"{split}.jsonl")
-    } | {canonical_question(p.question) for p in already}
+        for name in ("train", "val", "test")
+        if (run / "data" / f"{name}.jsonl").exists()
+        for p in load_problems(run / "data" / f"{name}.jsonl")
+    }
+    stream = DEV_STREAM if split is Split.DEV else EXTRA_TEST_STREAM
     out: list[Problem] = []
     index = 0
     while len(out) < n:
-        if index > 50 * n + 1000:
-            raise ValueError(f"task config yields too few new questions for {n} test problems")
-        p = generate_problem(task, EXTRA_TEST_STREAM, index)
+        if index > 100 * n + 1000:
+            raise ValueError(f"task config yields too few new questions for {n} {split} problems")
+        p = generate_problem(task, stream, index)
         index += 1
         key = canonical_question(p.question)
-        if key not in seen:
+        if key not in seen and fresh_split(p.question) is split:
             seen.add(key)
             out.append(p)
     return out
+
+
+# ------------------------------------------------------------------ the run's records
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def count_evaluation(run: Path, split: Split) -> dict[str, int]:
+    """Add one to the run's count of `split` evaluations (RUN/evaluations.json); the counts
+    after it. Counts are per split: looking at dev is free, looking at test is recorded."""
+    path = run / EVALUATIONS_FILE
+    counts = {str(s): 0 for s in Split} | (json.loads(path.read_text()) if path.exists() else {})
+    counts[str(split)] += 1
+    _write_json_atomic(path, counts)
+    return counts
+
+
+def write_serving_defaults(run: Path, defaults: ServingDefaults) -> Path:
+    """RUN/serving.json, the thresholds `glore serve` takes by default, recorded in the run's
+    manifest.json beside the stages that trained it."""
+    path = run / SERVING_FILE
+    _write_json_atomic(path, defaults.model_dump())
+    manifest = run / "manifest.json"
+    if manifest.exists():
+        data = json.loads(manifest.read_text())
+        data["serving"] = {"file": SERVING_FILE, **defaults.model_dump()}
+        _write_json_atomic(manifest, data)
+    return path
 
 
 # ------------------------------------------------------------------ V* labels
@@ -175,23 +254,40 @@ def load_run_engines(run: Path, backend: str) -> Any:
 async def evaluate_run(
     options: EvalOptions, engines: Engines
 ) -> tuple[dict[str, Any], list[QuestionRecord]]:
-    """Records for validation and test, V* labels, and the report (not yet written)."""
+    """Records for validation and the evaluated split (test or dev), V* labels, and the report
+    (not yet written)."""
     if options.data is not None:
+        if options.split is not Split.TEST:
+            raise ValueError("--data evaluates an external test file; it takes no --split dev")
         test = load_gsm8k(options.data)[: options.n_test]
         val = load_problems(options.run / "data" / "val.jsonl")[: options.n_val]
         data_name = str(options.data)
+    elif options.split is Split.DEV:
+        test = dev_problems(options.run, options.n_test)
+        val = load_problems(options.run / "data" / "val.jsonl")[: options.n_val]
+        data_name = f"{options.run}/data (dev split: disjoint from train, validation and test)"
     else:
         test, val = held_out_problems(options.run, options.n_test, options.n_val)
         data_name = f"{options.run}/data (held-out synthetic test split)"
     if not test:
-        raise ValueError("no test problems to evaluate")
+        raise ValueError(f"no {options.split} problems to evaluate")
     base = PipelineConfig(max_new_tokens=options.max_new_tokens, seed=options.seed)
     started = time.perf_counter()
 
     glore_only = [m for m in METHODS if m.name == "glore"]
-    val_records = await evaluate(
-        val, engines, base, methods=glore_only, concurrency=options.concurrency, desc="validation"
-    )
+
+    async def validate(cfg: PipelineConfig) -> list[QuestionRecord]:
+        return await evaluate(
+            val, engines, cfg, methods=glore_only, concurrency=options.concurrency, desc="val"
+        )
+
+    val_records = await validate(base)
+    # The draft and its readings do not depend on the SORM threshold, so it is chosen from them;
+    # GLoRe's local candidates do, so validation reruns at the chosen one before the gate.
+    chosen_sorm = sorm_threshold(val_records)
+    if chosen_sorm != base.sorm_threshold:
+        base = replace(base, sorm_threshold=chosen_sorm)
+        val_records = await validate(base)
     gate = gate_threshold(val_records) if val_records else base.orm_threshold
     methods = [
         replace(m, overrides={**m.overrides, "orm_threshold": gate})
@@ -200,7 +296,7 @@ async def evaluate_run(
         for m in METHODS
     ]
     test_records = await evaluate(
-        test, engines, base, methods=methods, concurrency=options.concurrency, desc="test"
+        test, engines, base, methods=methods, concurrency=options.concurrency, desc=options.split
     )
     if options.vstar:
         problems = {p.id: p for p in [*val, *test]}
@@ -221,7 +317,9 @@ async def evaluate_run(
         "k": options.k if options.vstar else None,
         "seed": options.seed,
         "backend": options.backend,
+        "split": str(options.split),
         "gate_threshold": gate,
+        "sorm_threshold": chosen_sorm,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return build_report(val_records, test_records, meta=meta, seed=options.seed), test_records
@@ -238,6 +336,17 @@ def run_evaluation(options: EvalOptions) -> dict[str, Path]:
             await engines.close()
 
     report, test_records = asyncio.run(go())
+    counts = count_evaluation(options.run, options.split)
+    report["meta"] |= {"test_evaluations": counts["test"], "dev_evaluations": counts["dev"]}
+    if options.split is Split.TEST:
+        meta = report["meta"]
+        chosen = ServingDefaults(
+            sorm_threshold=meta["sorm_threshold"],
+            orm_threshold=meta["gate_threshold"],
+            report=str(options.out / "report.json"),
+            written=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_serving_defaults(options.run, chosen)
     options.out.mkdir(parents=True, exist_ok=True)
     with (options.out / "records.jsonl").open("w") as f:
         for r in test_records:

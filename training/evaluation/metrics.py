@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -157,26 +158,94 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A paired difference between two methods on the same questions, resampled by question."""
+
+    difference: float  # a minus b
+    p_value: float  # two-sided: that the difference is not zero
+    ci95: tuple[float, float]
+    questions: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "difference": self.difference,
+            "p_value": self.p_value,
+            "ci95": list(self.ci95),
+            "questions": self.questions,
+            "sided": "two-sided",
+        }
+
+
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    weights: Sequence[float] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """mean(a) - mean(b) over questions, with a p-value and a 95% CI from resampling questions.
+
+    One entry per question, paired. With `weights`, each entry is a question's total (e.g. its
+    steps judged right) and its weight the question's count (its steps): the statistic is then
+    sum(a - b) / sum(weights), a pooled rate whose resampling keeps all of a question's units
+    together, since units of one question are not independent. The p-value shifts the
+    bootstrap distribution to the null (Koehn, 2004; Berg-Kirkpatrick et al., 2012): how often
+    the resampled difference lands at least as far from the observed one as the observed one is
+    from zero; its smallest value is 1 / (n_boot + 1), never 0. The CI is the percentile one.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    if x.shape != y.shape or x.shape != w.shape or x.size == 0:
+        raise ValueError("paired samples (and weights) must be non-empty and of one length")
+    if w.sum() <= 0:
+        raise ValueError("weights must add up to more than zero")
+    d = x - y
+    observed = d.sum() / w.sum()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, d.size, size=(n_boot, d.size))  # (n_boot, questions)
+    weight = w[idx].sum(axis=1)
+    # A resample of only weightless questions (no units) has no rate; count it as no change.
+    resampled = np.divide(d[idx].sum(axis=1), weight, out=np.zeros(n_boot), where=weight > 0)
+    extreme = np.sum(np.abs(resampled - observed) >= abs(observed) - 1e-12)
+    lo, hi = np.quantile(resampled, [0.025, 0.975])
+    return Comparison(
+        difference=float(observed),
+        p_value=float((extreme + 1) / (n_boot + 1)),
+        ci95=(float(lo), float(hi)),
+        questions=int(d.size),
+    )
+
+
 def paired_bootstrap_pvalue(
     a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0
 ) -> float:
-    """Two-sided p-value that mean(a) and mean(b) differ, from paired resampling.
+    """Two-sided p-value that mean(a) and mean(b) differ, resampling questions in pairs."""
+    return paired_bootstrap(a, b, n_boot=n_boot, seed=seed).p_value
 
-    Resamples questions (keeping each question's pair together) and asks how often the resampled
-    difference lands at least as far from the observed one as the observed one is from zero:
-    the bootstrap distribution shifted to the null (Koehn, 2004; Berg-Kirkpatrick et al., 2012).
-    The smallest value it returns is 1 / (n_boot + 1), never 0.
-    """
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.shape != y.shape or x.size == 0:
-        raise ValueError("paired samples must be non-empty and of one length")
-    d = x - y
-    observed = d.mean()
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_boot, d.size))
-    resampled = d[idx].mean(axis=1)
-    extreme = np.sum(np.abs(resampled - observed) >= abs(observed) - 1e-12)
-    return float((extreme + 1) / (n_boot + 1))
+
+def step_hits(
+    scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]], threshold: float
+) -> list[float]:
+    """Per solution, how many of its steps the thresholded score labels right (the numerators
+    of step_accuracy, kept per question so a bootstrap can resample questions)."""
+    _check_aligned(scores, labels)
+    return [
+        float(sum((score >= threshold) == ok for score, ok in zip(s, y, strict=True)))
+        for s, y in zip(scores, labels, strict=True)
+    ]
+
+
+def first_error_hits(
+    scores: Sequence[Sequence[float]], labels: Sequence[Sequence[bool]], threshold: float
+) -> list[float]:
+    """Per solution, 1 when its first step below threshold is its first wrong step, else 0."""
+    _check_aligned(scores, labels)
+    return [
+        float(first_below(s, threshold) == first_false(y))
+        for s, y in zip(scores, labels, strict=True)
+    ]
 
 
 @dataclass(frozen=True)

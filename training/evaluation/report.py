@@ -7,21 +7,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from service.pipeline.types import StrategyName
 from training.evaluation.metrics import (
     best_threshold,
     bootstrap_ci,
     first_error_accuracy,
+    first_error_hits,
     fix_break,
     flag_incorrect_pr_curve,
-    paired_bootstrap_pvalue,
+    paired_bootstrap,
     step_accuracy,
     step_accuracy_by_index,
+    step_hits,
     within_question_pairwise,
 )
 from training.evaluation.runner import METHODS, QuestionRecord, oracle_outcomes
 from training.metrics import accuracy_at, roc_auc
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 # The paper's own headline, for context (Havrilla et al., 2024, LLaMA-2 13B on GSM8K).
 PAPER_CONTEXT = {
@@ -35,6 +38,21 @@ PAPER_CONTEXT = {
 THRESHOLD_GRID = [i / 100 for i in range(5, 96)]
 PR_THRESHOLDS = [i / 20 for i in range(0, 21)]
 PLOTS = ("accuracy_vs_tokens", "step_accuracy_by_index", "orm_histograms", "pr_curve")
+
+# A claim holds against a comparator when it is ahead at p below this (two-sided p, and ahead).
+ALPHA = 0.05
+# The paper's "how" claim: GLoRe beats each of these (Havrilla et al., 2024, Table 4).
+HOW_COMPARATORS = {
+    "greedy": "greedy",
+    "best_of_3": "best-of-3",
+    "global_only": "global-only",
+    "local_only": "local-only",
+}
+# Every paired comparison of how.comparisons, as (a, b): a minus b.
+COMPARISONS = (*(("glore", b) for b in HOW_COMPARATORS), ("best_of_3", "greedy"))
+SELF_CONSISTENCY_ROWS = tuple(
+    m.name for m in METHODS if m.strategy is StrategyName.SELF_CONSISTENCY
+)
 
 
 def _scored(records: Sequence[QuestionRecord]) -> list[QuestionRecord]:
@@ -71,6 +89,16 @@ def gate_threshold(val: Sequence[QuestionRecord]) -> float:
     return max(THRESHOLD_GRID, key=lambda t: (acc(t), -abs(t - 0.5)))
 
 
+def sorm_threshold(val: Sequence[QuestionRecord]) -> float:
+    """The SORM threshold with the best step-level accuracy against the exact step labels of the
+    validation drafts (ties: nearest 0.5); 0.5 when validation has no scored draft. It is the
+    `where.exact.sorm.best_threshold` of the report, and what GLoRe and `glore serve` use."""
+    scored = _scored(val)
+    if not scored:
+        return 0.5
+    return best_threshold(_scores(scored, "sorm"), _labels(scored, "exact") or [], THRESHOLD_GRID)
+
+
 def where_section(
     val: Sequence[QuestionRecord], test: Sequence[QuestionRecord], seed: int
 ) -> dict[str, Any]:
@@ -86,10 +114,11 @@ def where_section(
             out[truth] = None
             continue
         section: dict[str, Any] = {}
-        hits: dict[str, list[float]] = {}
+        thresholds: dict[str, float] = {}
         for model in ("orm", "sorm"):
             s_test = _scores(test_s, model)
             t_best = best_threshold(_scores(val_s, model), y_val, THRESHOLD_GRID)
+            thresholds[model] = t_best
             section[model] = {
                 "step_accuracy@0.5": step_accuracy(s_test, y_test, 0.5),
                 "step_accuracy@best": step_accuracy(s_test, y_test, t_best),
@@ -101,15 +130,7 @@ def where_section(
                     for i, a, n in step_accuracy_by_index(s_test, y_test, 0.5)
                 ],
             }
-            hits[model] = [
-                float((score >= 0.5) == ok)
-                for s, y in zip(s_test, y_test, strict=True)
-                for score, ok in zip(s, y, strict=True)
-            ]
-        # Paired over the same steps: is the SORM's step accuracy different from the ORM's?
-        section["sorm_vs_orm_p_value"] = paired_bootstrap_pvalue(
-            hits["sorm"], hits["orm"], seed=seed
-        )
+        section["sorm_vs_orm"] = sorm_vs_orm(test_s, y_test, thresholds, seed)
         out[truth] = section
     if all(r.vstar is not None for r in test_s):
         pairs = [
@@ -121,6 +142,33 @@ def where_section(
         model: accuracy_at([s[-1] for s in _scores(test_s, model)], correct, 0.5)
         for model in ("orm", "sorm")
     }
+    return out
+
+
+def sorm_vs_orm(
+    records: Sequence[QuestionRecord],
+    labels: Sequence[Sequence[bool]],
+    best: dict[str, float],
+    seed: int,
+) -> dict[str, Any]:
+    """SORM minus ORM, in step accuracy and first-error accuracy, at 0.5 and at each model's
+    validation-chosen threshold, resampling questions (all steps of a draft move together)."""
+    steps = [float(len(y)) for y in labels]
+    out: dict[str, Any] = {}
+    for key, t in (("@0.5", {"orm": 0.5, "sorm": 0.5}), ("@best", best)):
+        sorm, orm = _scores(records, "sorm"), _scores(records, "orm")
+        step = paired_bootstrap(
+            step_hits(sorm, labels, t["sorm"]),
+            step_hits(orm, labels, t["orm"]),
+            weights=steps,
+            seed=seed,
+        )
+        first = paired_bootstrap(
+            first_error_hits(sorm, labels, t["sorm"]),
+            first_error_hits(orm, labels, t["orm"]),
+            seed=seed,
+        )
+        out[key] = {"step_accuracy": step.to_dict(), "first_error_accuracy": first.to_dict()}
     return out
 
 
@@ -146,8 +194,10 @@ def when_section(test: Sequence[QuestionRecord]) -> dict[str, Any]:
 
 
 def how_section(test: Sequence[QuestionRecord], seed: int) -> dict[str, Any]:
-    """Final-answer accuracy of every strategy, with fix and break rates and token cost."""
-    outcomes = {m.name: [r.methods[m.name] for r in test] for m in METHODS}
+    """Final-answer accuracy of every strategy, with fix and break rates, token cost and the
+    paired comparisons (records from an older evaluation may lack newer methods' rows)."""
+    names = [m.name for m in METHODS if all(m.name in r.methods for r in test)]
+    outcomes = {name: [r.methods[name] for r in test] for name in names}
     oracles = [oracle_outcomes(r) for r in test]
     for name in ("oracle_best_candidate", "oracle_refine_when_wrong"):
         outcomes[name] = [o[name] for o in oracles]
@@ -179,8 +229,6 @@ def how_section(test: Sequence[QuestionRecord], seed: int) -> dict[str, Any]:
                 "wrong_drafts": fb.wrong_drafts,
                 "right_drafts": fb.right_drafts,
             }
-    glore = [float(r.methods["glore"].correct) for r in test]
-    bo3 = [float(r.methods["best_of_3"].correct) for r in test]
     kinds = [sorted(r.candidates) for r in test]
     ranking = within_question_pairwise(
         [[r.candidate_orm[k] for k in ks] for r, ks in zip(test, kinds, strict=True)],
@@ -194,11 +242,140 @@ def how_section(test: Sequence[QuestionRecord], seed: int) -> dict[str, Any]:
             "pairs": ranking.pairs,
             "questions": ranking.questions,
         },
-        "glore_vs_best_of_3": {
-            "difference": (sum(glore) - sum(bo3)) / len(test),
-            "p_value": paired_bootstrap_pvalue(glore, bo3, seed=seed),
+        "comparisons": comparisons(test, rows, seed),
+    }
+
+
+def self_consistency_comparator(rows: dict[str, Any]) -> str | None:
+    """The self-consistency row that GLoRe is compared with at equal or fewer tokens: of those
+    spending at most GLoRe's tokens per question, the one spending most; None if none does."""
+    budget = rows["glore"]["tokens_per_question"]
+    fits = [
+        (rows[name]["tokens_per_question"], name)
+        for name in SELF_CONSISTENCY_ROWS
+        if name in rows and rows[name]["tokens_per_question"] <= budget
+    ]
+    return max(fits)[1] if fits else None
+
+
+def comparisons(
+    test: Sequence[QuestionRecord], rows: dict[str, Any], seed: int
+) -> dict[str, dict[str, Any] | None]:
+    """`{a}_vs_{b}`: a's accuracy minus b's on the same questions, paired bootstrap over them."""
+
+    def compare(a: str, b: str) -> dict[str, Any]:
+        correct = {m: [float(r.methods[m].correct) for r in test] for m in (a, b)}
+        return {"a": a, "b": b, **paired_bootstrap(correct[a], correct[b], seed=seed).to_dict()}
+
+    out: dict[str, dict[str, Any] | None] = {
+        f"{a}_vs_{b}": compare(a, b) for a, b in COMPARISONS if a in rows and b in rows
+    }
+    if any(name in rows for name in SELF_CONSISTENCY_ROWS):
+        sc = self_consistency_comparator(rows)
+        out["glore_vs_self_consistency"] = None if sc is None else compare("glore", sc)
+    return out
+
+
+# ------------------------------------------------------------------ claims
+
+
+def _check(comparison: dict[str, Any] | None, label: str, *, required: bool) -> dict[str, Any]:
+    """One comparator of a claim: it holds when the claimant is ahead at p < ALPHA."""
+    if comparison is None:
+        return {"against": label, "required": required, "holds": False, "measured": False}
+    return {
+        "against": label,
+        "required": required,
+        "measured": True,
+        "difference": comparison["difference"],
+        "p_value": comparison["p_value"],
+        "holds": comparison["difference"] > 0 and comparison["p_value"] < ALPHA,
+    }
+
+
+def _verdict(checks: Sequence[dict[str, Any]]) -> str:
+    """The claim's status in words, generated from its checks (never written by hand)."""
+
+    def say(c: dict[str, Any]) -> str:
+        if not c["measured"]:
+            return f"{c['against']} (not measured)"
+        return f"{c['against']} ({100 * c['difference']:+.1f} points, p = {c['p_value']:.3g})"
+
+    required = [c for c in checks if c["required"]]
+    held = [say(c) for c in required if c["holds"]]
+    missed = [say(c) for c in required if not c["holds"]]
+    if not missed:
+        text = (
+            f"Reproduces: ahead at p < {ALPHA} against every comparator the paper names: "
+            + "; ".join(held)
+            + "."
+        )
+    else:
+        text = (
+            f"Does not reproduce. Ahead at p < {ALPHA} against: "
+            + ("; ".join(held) or "none")
+            + ". Not against: "
+            + "; ".join(missed)
+            + "."
+        )
+    extra = [c for c in checks if not c["required"]]
+    if extra:
+        text += " Also measured (not deciding): " + "; ".join(
+            f"{say(c)}: {'holds' if c['holds'] else 'does not hold'}" for c in extra
+        )
+        text += "."
+    return text
+
+
+def claims_section(where: dict[str, Any], how: dict[str, Any]) -> dict[str, Any]:
+    """The paper's claims, each with its checks against the comparators the paper names (which
+    decide "reproduces") and the further ones this project measures."""
+    comps = how["comparisons"]
+    sc = comps.get("glore_vs_self_consistency")
+    how_checks = [
+        _check(comps.get(f"glore_vs_{b}"), label, required=True)
+        for b, label in HOW_COMPARATORS.items()
+    ]
+    if "glore_vs_self_consistency" in comps:
+        label = f"self-consistency at ≤ GLoRe's tokens ({sc['b'] if sc else 'no such row'})"
+        how_checks.append(_check(sc, label, required=False))
+    # The paper measures "where" against V* labels; without them, the exact labels stand in.
+    paper_truth = "vstar" if where.get("vstar") else "exact"
+    where_checks = []
+    for truth in ("vstar", "exact"):
+        if not where.get(truth):
+            continue
+        best = where[truth]["sorm_vs_orm"]["@best"]
+        name = "V*" if truth == "vstar" else "exact"
+        where_checks += [
+            _check(
+                best["step_accuracy"],
+                f"ORM, step accuracy vs {name} labels",
+                required=truth == paper_truth,
+            ),
+            _check(
+                best["first_error_accuracy"],
+                f"ORM, first-error accuracy vs {name} labels",
+                required=False,
+            ),
+        ]
+    claims = {
+        "where": {
+            "claim": "The SORM finds step-level errors better than the ORM (each at its "
+            "validation-chosen threshold).",
+            "checks": where_checks,
+        },
+        "how": {
+            "claim": "GLoRe (global and local refinement, ORM rerank) beats greedy, best-of-3, "
+            "global-only and local-only.",
+            "checks": how_checks,
         },
     }
+    for claim in claims.values():
+        required = [c for c in claim["checks"] if c["required"]]
+        claim["reproduces"] = bool(required) and all(c["holds"] for c in required)
+        claim["statement"] = _verdict(claim["checks"])
+    return claims
 
 
 def build_report(
@@ -212,13 +389,6 @@ def build_report(
         raise ValueError("no test records to report on")
     where = where_section(val, test, seed)
     how = how_section(test, seed)
-    exact = where["exact"]
-    claims = {
-        "sorm_step_accuracy_above_orm": exact["sorm"]["step_accuracy@best"]
-        > exact["orm"]["step_accuracy@best"],
-        "glore_beats_best_of_3": how["methods"]["glore"]["accuracy"]["value"]
-        > how["methods"]["best_of_3"]["accuracy"]["value"],
-    }
     return {
         "version": REPORT_VERSION,
         "meta": meta,
@@ -226,7 +396,7 @@ def build_report(
         "where": where,
         "when": when_section(test),
         "how": how,
-        "claims": claims,
+        "claims": claims_section(where, how),
     }
 
 
@@ -237,6 +407,10 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def _points(x: float) -> str:
+    return f"{100 * x:+.1f} pts"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return out + ["| " + " | ".join(row) + " |" for row in rows]
@@ -245,10 +419,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def to_markdown(report: dict[str, Any]) -> str:
     meta, how, where, when = report["meta"], report["how"], report["where"], report["when"]
     paper = PAPER_CONTEXT
+    split = meta.get("split", "test")
     lines = [
         f"# GLoRe evaluation: {meta.get('run', '')}",
         "",
-        f"{meta.get('n_test')} test questions ({meta.get('data')}), {meta.get('n_val')} "
+        f"Split: {split} (test evaluations of this run so far: "
+        f"{meta.get('test_evaluations', '–')}; dev: {meta.get('dev_evaluations', '–')}).",
+        "",
+        f"{meta.get('n_test')} {split} questions ({meta.get('data')}), {meta.get('n_val')} "
         f"validation questions for thresholds, seed {meta.get('seed')}, backend "
         f"{meta.get('backend')}. 95% bootstrap confidence intervals; paired bootstrap p-values.",
         "",
@@ -275,15 +453,37 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += _table(
         ["strategy", "accuracy", "95% CI", "tokens/question", "fix rate", "break rate"], rows
     )
-    g = how["glore_vs_best_of_3"]
     lines += [
         "",
-        f"GLoRe − best-of-3: {100 * g['difference']:+.1f} points, "
-        f"paired bootstrap p = {g['p_value']:.4f}.",
-        "",
-        "Refiners on their own (candidate vs draft, GLoRe with refine=always):",
+        "Paired comparisons (a − b on the same questions; bootstrap over questions, two-sided p):",
         "",
     ]
+    lines += _table(
+        ["comparison", "difference", "95% CI", "p"],
+        [
+            [
+                f"{c['a']} − {c['b']}",
+                _points(c["difference"]),
+                f"{_points(c['ci95'][0])} to {_points(c['ci95'][1])}",
+                f"{c['p_value']:.4f}",
+            ]
+            for c in how.get("comparisons", {}).values()
+            if c is not None
+        ],
+    )
+    if "glore_vs_self_consistency" in how.get("comparisons", {}):
+        sc = how["comparisons"]["glore_vs_self_consistency"]
+        lines += [
+            "",
+            "GLoRe against self-consistency at equal or fewer tokens: "
+            + (
+                f"{sc['b']}, the self-consistency row spending the most tokens per question "
+                "without exceeding GLoRe's."
+                if sc
+                else "no self-consistency row spends as few tokens per question as GLoRe."
+            ),
+        ]
+    lines += ["", "Refiners on their own (candidate vs draft, GLoRe with refine=always):", ""]
     lines += _table(
         ["refiner", "fix rate", "break rate", "fixed / wrong drafts", "broken / right drafts"],
         [
@@ -336,12 +536,22 @@ def to_markdown(report: dict[str, Any]) -> str:
                 for model in ("orm", "sorm")
             ],
         )
-        lines += [
-            "",
-            "SORM vs ORM step accuracy @0.5, paired bootstrap "
-            f"p = {sec['sorm_vs_orm_p_value']:.4f}.",
-            "",
-        ]
+        lines += ["", "SORM − ORM (bootstrap over drafts, all steps of a draft together):", ""]
+        lines += _table(
+            ["thresholds", "measure", "difference", "95% CI", "p"],
+            [
+                [
+                    at,
+                    measure.replace("_", " "),
+                    _points(c["difference"]),
+                    f"{_points(c['ci95'][0])} to {_points(c['ci95'][1])}",
+                    f"{c['p_value']:.4f}",
+                ]
+                for at, by_measure in sec["sorm_vs_orm"].items()
+                for measure, c in by_measure.items()
+            ],
+        )
+        lines.append("")
     if "vstar_exact_disagreement" in where:
         share = _pct(where["vstar_exact_disagreement"])
         lines.append(f"V* labels disagree with the exact labels on {share} of steps.")
@@ -356,13 +566,16 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Draft accuracy {_pct(when['draft_accuracy'])}; ORM ROC-AUC "
         + ("–" if auc is None else f"{auc:.3f}")
-        + f"; ORM-gated GLoRe uses threshold {meta.get('gate_threshold')} (best on validation).",
+        + f"; ORM-gated GLoRe uses threshold {meta.get('gate_threshold')} (best on validation). "
+        f"GLoRe places local critiques with SORM threshold {meta.get('sorm_threshold')} (best "
+        "step accuracy against exact labels on validation).",
         "",
         "## Claims",
         "",
     ]
-    for claim, ok in report["claims"].items():
-        lines.append(f"- {claim.replace('_', ' ')}: **{'yes' if ok else 'no'}**")
+    for name, claim in report["claims"].items():
+        verdict = "reproduces" if claim["reproduces"] else "does not reproduce"
+        lines.append(f"- **{name}** ({verdict}): {claim['claim']} {claim['statement']}")
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name}.png)" for name in PLOTS]
     return "\n".join(lines) + "\n"

@@ -39,27 +39,30 @@ class Method:
     description: str = ""
 
 
-# The paper's comparison at one policy. ORM-gated GLoRe gets its threshold from validation.
+# The paper's comparison at one policy, and self-consistency. GLoRe's SORM threshold and the
+# ORM gate of ORM-gated GLoRe come from validation (evaluate.evaluate_run).
 METHODS: tuple[Method, ...] = (
     Method("greedy", StrategyName.GREEDY, {}, "the policy's greedy draft"),
-    Method("best_of_3", StrategyName.BEST_OF_N, {"n": 3}, "3 samples, ORM rerank (baseline)"),
+    Method(
+        "best_of_3", StrategyName.BEST_OF_N, {"n": 3}, "3 samples, reranked (the paper's baseline)"
+    ),
     Method(
         "global_only",
         StrategyName.GLOBAL_ONLY,
         {"refine": RefineMode.ALWAYS},
-        "ORM rerank of {draft, global}",
+        "rerank of {draft, global}",
     ),
     Method(
         "local_only",
         StrategyName.LOCAL_ONLY,
         {"refine": RefineMode.ALWAYS},
-        "ORM rerank of {draft, local}, SORM places the critique",
+        "rerank of {draft, local}, SORM places the critique",
     ),
     Method(
         "glore",
         StrategyName.GLORE,
         {"refine": RefineMode.ALWAYS},
-        "ORM rerank of {draft, global, local}",
+        "rerank of {draft, global, local}",
     ),
     Method(
         "glore_gated",
@@ -79,6 +82,17 @@ METHODS: tuple[Method, ...] = (
         StrategyName.GLORE,
         {"refine": RefineMode.ALWAYS, "reranker": ORM_RERANKER},
         "{draft, global, local} reranked by the ORM (the paper's GLoRe as published)",
+    ),
+    # The baseline users would pick instead, at a few budgets: n = 2 sits under GLoRe's tokens
+    # per question, 3 near them, 5 above (see report.self_consistency_comparator).
+    *(
+        Method(
+            f"self_consistency_{n}",
+            StrategyName.SELF_CONSISTENCY,
+            {"n": n},
+            f"majority vote over {n} samples, no reward model",
+        )
+        for n in (2, 3, 5)
     ),
 )
 # Whose candidates every reranker is measured on: GLoRe's, and best-of-3's samples.

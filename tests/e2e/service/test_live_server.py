@@ -35,7 +35,7 @@ ENV = {
     "GLORE_LIMITS__MAX_N": "4",
     "GLORE_DEFAULTS__MAX_NEW_TOKENS": "64",
 }
-STRATEGIES = ["glore", "greedy", "best_of_n", "global_only", "local_only"]
+STRATEGIES = ["glore", "greedy", "best_of_n", "global_only", "local_only"]  # ORM-reranked
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +98,25 @@ def test_solve_answers_in_every_strategy(
         assert labels[0] == "draft"
 
 
+def test_self_consistency_answers_with_the_most_voted_sample(
+    client: httpx.Client, question: str
+) -> None:
+    body = client.post(
+        "/solve", json={"question": question, "strategy": "self_consistency", "n": 3, "seed": 1}
+    ).json()
+    assert [c["label"] for c in body["candidates"]] == ["sample_1", "sample_2", "sample_3"]
+    answers = [c["answer"] for c in body["candidates"] if c["answer"] is not None]
+    assert body["votes"] == {a: answers.count(a) for a in dict.fromkeys(answers)}
+    if answers:
+        assert body["votes"][body["answer"]] == max(body["votes"].values())
+    assert body["usage"]["by_role"] == {"policy": body["usage"]["completion_tokens"]}
+
+
 def test_glore_with_refine_always_flags_a_step_and_refines_globally_and_locally(
     client: httpx.Client, question: str
 ) -> None:
-    r = client.post(
-        "/solve", json={"question": question, "refine": "always", "sorm_threshold": 0.9}
-    )
+    knobs = {"refine": "always", "sorm_threshold": 0.9, "local_when_unflagged": "lowest"}
+    r = client.post("/solve", json={"question": question, **knobs})
     assert r.status_code == 200, r.text
     body = r.json()
     assert [c["label"] for c in body["candidates"]] == ["draft", "global", "local"]

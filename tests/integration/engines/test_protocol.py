@@ -74,9 +74,11 @@ async def test_concurrent_callers_get_the_answers_of_one_batch(generator: Genera
 
 
 async def test_cancelling_a_generation_leaves_the_engine_serving(generator: Generator) -> None:
-    long = SamplingParams(n=8, temperature=1.0, max_new_tokens=400, seed=1)
-    task = asyncio.create_task(generator.generate(PROMPTS, long))
-    await asyncio.sleep(0.2)
+    # Enough rows (hundreds of sampled solutions) that no machine finishes them before the
+    # cancel: a fast machine once finished a smaller batch inside the wait, and nothing was cut.
+    long = SamplingParams(n=16, temperature=1.0, max_new_tokens=400, seed=1)
+    task = asyncio.create_task(generator.generate(PROMPTS * 4, long))
+    await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -12,7 +12,15 @@ from engines.base import Role, ScoreRequest
 from engines.registry import EngineSet, load_engines
 from engines.text import extract_answer
 from service.app import create_app
-from service.pipeline import Action, CandidateKind, PipelineConfig, RefineMode, solve
+from service.pipeline import (
+    Action,
+    CandidateKind,
+    LocalWhenUnflagged,
+    PipelineConfig,
+    RefineMode,
+    StrategyName,
+    solve,
+)
 from service.settings import Settings
 from tests.support.tiny_models import TinyCheckpoints, tiny_problems
 
@@ -32,7 +40,7 @@ def questions() -> list[str]:
     return [p.question for p in tiny_problems(3, seed=21)]
 
 
-@pytest.mark.parametrize("strategy", ["glore", "greedy", "best_of_n", "global_only", "local_only"])
+@pytest.mark.parametrize("strategy", list(StrategyName))
 async def test_offline_and_online_answers_agree(
     engines: EngineSet, questions: list[str], strategy: str
 ) -> None:
@@ -60,6 +68,10 @@ async def test_offline_and_online_answers_agree(
                 assert [c["text"] for c in online["candidates"]] == [
                     s.candidate.text for s in offline.candidates
                 ]
+                assert online["votes"] == offline.votes
+                if strategy is StrategyName.SELF_CONSISTENCY:  # no reward model consulted
+                    assert [c["orm_score"] for c in online["candidates"]] == [None] * CFG.n
+                    continue
                 assert [c["orm_score"] for c in online["candidates"]] == pytest.approx(
                     [s.orm_score for s in offline.candidates]
                 )
@@ -69,7 +81,9 @@ async def test_glore_scores_match_a_direct_call_to_the_reward_models(
     engines: EngineSet, questions: list[str]
 ) -> None:
     question = questions[0]
-    sol = await solve(question, engines, PipelineConfig(refine=RefineMode.ALWAYS), "glore")
+    # `lowest`: a local candidate even when the SORM flags no step, so there is one to check.
+    cfg = PipelineConfig(refine=RefineMode.ALWAYS, local_when_unflagged=LocalWhenUnflagged.LOWEST)
+    sol = await solve(question, engines, cfg, "glore")
     draft = sol.draft
     assert draft is not None and draft.sorm is not None and draft.orm is not None
     [orm] = await engines.orm.score([ScoreRequest(question, draft.candidate.steps)])

@@ -42,7 +42,7 @@ def manifest(run: Path) -> dict:
 def test_train_all_smoke_finishes_every_stage_and_records_it(smoke_run: Path) -> None:
     m = manifest(smoke_run)
     stages = m["stages"]
-    assert list(stages) == ["data", "policy", "rollouts", "orm", "sorm", "refiners"]
+    assert list(stages) == ["data", "policy", "rollouts", "orm", "sorm", "refiners", "reranker"]
     for name, entry in stages.items():
         assert entry["status"] == "done", name
         assert entry["seconds"] >= 0 and entry["seed"] >= 0 and entry["config_hash"]
@@ -58,6 +58,11 @@ def test_train_all_smoke_finishes_every_stage_and_records_it(smoke_run: Path) ->
     assert refiners["refine_global"]["extra_drafts"] == 16
     assert refiners["refine_local"]["extra_drafts"] == 16
     assert refiners["refine_global"]["drafts"] == stages["rollouts"]["counts"]["drafts"] + 16
+    # the reranker stage fits its variants on within-question pairs and names the default
+    reranker = stages["reranker"]
+    assert reranker["counts"]["samples"] > 0
+    assert reranker["metrics"]["default"] in reranker["metrics"]["heldout_pairwise"]
+    assert (smoke_run / "reranker" / "default.json").is_file()
     summary = m["summary"]
     assert (
         summary["policy_greedy_accuracy"] == stages["policy"]["metrics"]["test"]["greedy_accuracy"]
@@ -104,7 +109,7 @@ def test_a_rerun_skips_every_finished_stage(smoke_run: Path) -> None:
     before = manifest(smoke_run)
     start = time.perf_counter()
     proc = glore_train("all", "--preset", "smoke", "--out", str(smoke_run))
-    assert proc.stdout.count("skipped") == 6, proc.stdout
+    assert proc.stdout.count("skipped") == len(before["stages"]) == 7, proc.stdout
     after = manifest(smoke_run)
     for name, entry in before["stages"].items():
         assert after["stages"][name]["finished"] == entry["finished"], name

@@ -12,12 +12,15 @@ from training.evaluation.metrics import (
     bootstrap_ci,
     first_below,
     first_error_accuracy,
+    first_error_hits,
     first_false,
     fix_break,
     flag_incorrect_pr_curve,
+    paired_bootstrap,
     paired_bootstrap_pvalue,
     step_accuracy,
     step_accuracy_by_index,
+    step_hits,
     within_question_pairwise,
 )
 from training.metrics import accuracy_at, roc_auc
@@ -130,6 +133,41 @@ def test_paired_bootstrap_sees_no_difference_in_a_balanced_swap() -> None:
     a = [1] * 10 + [0] * 10
     b = [0] * 10 + [1] * 10
     assert paired_bootstrap_pvalue(a, b, n_boot=300) == 1.0
+
+
+def test_paired_bootstrap_resamples_questions_keeping_their_steps_together() -> None:
+    # Question 1: 10 steps, the SORM right on all, the ORM on none; question 2: 1 step, the
+    # reverse. Pooled over steps the SORM leads by (10 - 1) / 11. Resampling the 2 questions
+    # gives {q1, q1}: +1, {q2, q2}: -1, a mixed pair (probability 1/2): +9/11; only {q2, q2}
+    # is as far from 9/11 as 9/11 is from 0, so p = 1/4, and the 95% CI spans -1 to +1.
+    by_question = paired_bootstrap([10, 0], [0, 1], weights=[10, 1], n_boot=20000, seed=1)
+    assert by_question.difference == pytest.approx(9 / 11)
+    assert by_question.p_value == pytest.approx(0.25, abs=0.01)
+    assert by_question.ci95 == (-1.0, 1.0)
+    assert by_question.questions == 2
+    # Treating the 11 steps as independent (the old, wrong unit) claims a sure difference.
+    by_step = paired_bootstrap([1] * 10 + [0], [0] * 10 + [1], n_boot=20000, seed=1)
+    assert by_step.difference == pytest.approx(9 / 11)
+    assert by_step.p_value < 0.001
+
+
+def test_paired_bootstrap_without_weights_is_the_difference_of_accuracies() -> None:
+    a, b = [1, 1, 0, 1, 0, 1], [0, 1, 0, 0, 1, 0]
+    result = paired_bootstrap(a, b, n_boot=500, seed=4)
+    assert result.difference == pytest.approx(2 / 6)
+    assert result.p_value == paired_bootstrap_pvalue(a, b, n_boot=500, seed=4)
+    lo, hi = result.ci95
+    assert lo <= result.difference <= hi
+    assert result.to_dict()["sided"] == "two-sided"
+
+
+def test_step_and_first_error_hits_count_per_solution() -> None:
+    scores = [[0.9, 0.2, 0.7], [0.8, 0.9]]
+    labels = [[True, False, False], [True, True]]
+    assert step_hits(scores, labels, 0.5) == [2.0, 2.0]
+    assert step_hits(scores, labels, 0.75) == [3.0, 2.0]
+    assert first_error_hits(scores, labels, 0.5) == [1.0, 1.0]
+    assert first_error_hits(scores, labels, 0.85) == [1.0, 0.0]  # 0.8 flags a right step
 
 
 def test_within_question_pairwise_counts_only_pairs_inside_one_question() -> None:

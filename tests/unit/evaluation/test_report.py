@@ -10,8 +10,11 @@ import pytest
 from training.evaluation.report import (
     PAPER_CONTEXT,
     PLOTS,
+    SELF_CONSISTENCY_ROWS,
     build_report,
     gate_threshold,
+    self_consistency_comparator,
+    sorm_threshold,
     to_markdown,
     write_report,
 )
@@ -41,6 +44,12 @@ def record(
         "local_only": out(draft_ok or local, 20, "local"),
         "glore": out(glore_ok, 30, "draft"),
         "glore_gated": out(draft_ok, 10, "draft"),
+        # the paper's ORM reranker keeps the draft (the fidelity rows)
+        "best_of_3_orm": out(draft_ok, 30, "sample_0"),
+        "glore_orm": out(draft_ok, 30, "draft"),
+        "self_consistency_2": out(draft_ok, 20, "sample_1"),
+        "self_consistency_3": out(bo3, 30, "sample_1"),
+        "self_consistency_5": out(True, 50, "sample_1"),
     }
     return QuestionRecord(
         problem_id=pid,
@@ -107,7 +116,25 @@ def test_report_tables_have_exact_values_on_hand_built_records() -> None:
         "right_drafts": 1,
     }
     assert how["refiners"]["local"]["fix_rate"] == pytest.approx(2 / 3)
-    assert how["glore_vs_best_of_3"]["difference"] == 0.25
+    comparisons = how["comparisons"]
+    assert set(comparisons) == {
+        "glore_vs_greedy",
+        "glore_vs_best_of_3",
+        "glore_vs_global_only",
+        "glore_vs_local_only",
+        "best_of_3_vs_greedy",
+        "glore_vs_self_consistency",
+    }
+    assert comparisons["glore_vs_best_of_3"]["difference"] == 0.25
+    assert comparisons["glore_vs_greedy"]["difference"] == 0.5
+    assert comparisons["best_of_3_vs_greedy"]["difference"] == 0.25
+    # GLoRe spends 30 tokens per question: self-consistency at 3 samples (30) is the largest
+    # budget that does not exceed it (5 samples, right everywhere, spends 50).
+    sc = comparisons["glore_vs_self_consistency"]
+    assert (sc["a"], sc["b"], sc["difference"]) == ("glore", "self_consistency_3", 0.25)
+    for c in comparisons.values():
+        assert c["sided"] == "two-sided" and c["questions"] == 4
+        assert c["ci95"][0] <= c["difference"] <= c["ci95"][1]
     # (right, wrong) pairs: a 1 + tie, b 1 + 1, c 1 + tie, d none -> 5 of 6 in 3 questions
     assert how["reranker"] == {
         "within_question_pairwise_accuracy": pytest.approx(5 / 6),
@@ -122,12 +149,71 @@ def test_report_tables_have_exact_values_on_hand_built_records() -> None:
     assert exact["sorm"]["step_accuracy@0.5"] == 1.0
     assert exact["sorm"]["first_error_accuracy@0.5"] == 1.0
     assert report["where"]["vstar"] is None
-    assert report["claims"] == {
-        "sorm_step_accuracy_above_orm": True,
-        "glore_beats_best_of_3": True,
-    }
+    # Per draft, the SORM's step hits minus the ORM's @0.5: a 0, b +1, c +1, d +1 of 8 steps.
+    sorm_vs_orm = exact["sorm_vs_orm"]["@0.5"]
+    assert sorm_vs_orm["step_accuracy"]["difference"] == pytest.approx(3 / 8)
+    # First errors @0.5: the SORM finds all 4; the ORM only a's (none) -> +3 of 4 drafts.
+    assert sorm_vs_orm["first_error_accuracy"]["difference"] == pytest.approx(3 / 4)
+    # Four questions can't make anything significant: no claim reproduces, and the words say so.
+    how_claim = report["claims"]["how"]
+    assert how_claim["reproduces"] is False
+    assert how_claim["statement"].startswith("Does not reproduce.")
+    assert [c["against"] for c in how_claim["checks"] if c["required"]] == [
+        "greedy",
+        "best-of-3",
+        "global-only",
+        "local-only",
+    ]
+    where_claim = report["claims"]["where"]
+    assert [c["against"] for c in where_claim["checks"] if c["required"]] == [
+        "ORM, step accuracy vs exact labels"  # no V* labels here, so the exact ones stand in
+    ]
     assert report["when"]["orm_roc_auc"] == 1.0  # the one right draft has the top ORM score
     assert report["paper_context"] == PAPER_CONTEXT
+
+
+def _won_by_glore(pid: str, *, local_only_too: bool = False) -> QuestionRecord:
+    r = record(pid, draft_ok=False, glob=False, local=False, bo3=False, orm=[0.9], sorm=[0.1],
+               exact=[False], draft_orm=0.2)  # fmt: skip
+    r.methods["glore"] = Outcome("1", True, 30, "local")
+    r.methods["local_only"] = Outcome("1" if local_only_too else "2", local_only_too, 20, "local")
+    return r
+
+
+def test_a_claim_reproduces_only_when_it_holds_against_every_comparator_the_paper_names() -> None:
+    sweep = [_won_by_glore(f"q{i}") for i in range(30)]
+    claim = build_report(sweep, sweep, meta={})["claims"]["how"]
+    assert claim["reproduces"] is True
+    assert claim["statement"].startswith("Reproduces: ahead at p < 0.05 against every")
+    assert "local-only (+100.0 points, p = 0.0005)" in claim["statement"]
+
+    tied = [_won_by_glore(f"q{i}", local_only_too=True) for i in range(30)]
+    claim = build_report(tied, tied, meta={})["claims"]["how"]
+    assert claim["reproduces"] is False
+    assert "Not against: local-only (+0.0 points, p = 1)." in claim["statement"]
+    assert "Ahead at p < 0.05 against: greedy (+100.0 points" in claim["statement"]
+    # Self-consistency is reported, but is not a comparator the paper names.
+    assert (
+        "Also measured (not deciding): self-consistency at ≤ GLoRe's tokens (self_consistency_3)"
+        in (claim["statement"])
+    )
+
+
+def test_self_consistency_comparison_is_none_when_every_row_costs_more_than_glore() -> None:
+    rows = {"glore": {"tokens_per_question": 10.0}} | {
+        name: {"tokens_per_question": 11.0} for name in SELF_CONSISTENCY_ROWS
+    }
+    assert self_consistency_comparator(rows) is None
+    rows["self_consistency_2"]["tokens_per_question"] = 10.0
+    assert self_consistency_comparator(rows) == "self_consistency_2"
+
+
+def test_the_sorm_threshold_is_the_best_step_accuracy_on_validation_exact_labels() -> None:
+    # SORM readings of RECORDS separate the exact labels at any threshold in (0.3, 0.6].
+    t = sorm_threshold(RECORDS)
+    assert 0.3 < t <= 0.6
+    assert t == build_report(RECORDS, RECORDS, meta={})["where"]["exact"]["sorm"]["best_threshold"]
+    assert sorm_threshold([]) == 0.5
 
 
 def test_gate_threshold_refines_exactly_the_drafts_worth_refining() -> None:
@@ -147,4 +233,7 @@ def test_written_report_has_json_markdown_and_every_plot(tmp_path: Path) -> None
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({name}.png)" in md
+    assert "| glore − best_of_3 | +25.0 pts |" in md
+    assert "self_consistency_3, the self-consistency row spending the most tokens" in md
+    assert report["claims"]["how"]["statement"] in md
     assert to_markdown(report) == md

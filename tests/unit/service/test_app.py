@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from engines.base import EngineError
 from service.app import create_app
-from service.settings import Settings
+from service.settings import SERVING_FILE, Defaults, Settings
 from tests.support.fakes import (
     RIGHT_GLOBAL,
     WRONG_DRAFT,
@@ -86,6 +87,7 @@ def test_solve_returns_the_answer_the_winner_and_every_candidate_score(client: T
         "refine_mode": "auto",
         "orm_threshold": 0.5,
         "sorm_threshold": 0.5,
+        "local_when_unflagged": "skip",
         "first_flagged_step": 1,
         "local_target_step": 1,
     }
@@ -116,6 +118,7 @@ def test_include_trace_returns_every_candidates_full_text(client: TestClient) ->
         ("best_of_n", "sample_1"),
         ("global_only", "global"),
         ("local_only", "local"),
+        ("self_consistency", "sample_1"),
     ],
 )
 def test_every_strategy_answers_over_http(client: TestClient, strategy: str, winner: str) -> None:
@@ -140,6 +143,34 @@ def test_request_knobs_reach_the_models(client: TestClient, engines: FakeEngineS
     assert r.json()["decision"]["reason"] == "refine_always"
     [(_, params)] = engines.policy.calls  # type: ignore[attr-defined]
     assert (params.max_new_tokens, params.temperature, params.seed) == (33, 0.2, 5)
+
+
+def test_self_consistency_reports_its_votes_and_no_orm_score(client: TestClient) -> None:
+    r = client.post("/solve", json={"question": Q, "strategy": "self_consistency", "n": 3})
+    body = r.json()
+    assert body["votes"] == {body["answer"]: 3}
+    assert [c["orm_score"] for c in body["candidates"]] == [None, None, None]
+    assert body["decision"]["reason"] == "strategy_does_not_refine"
+    assert client.post("/solve", json={"question": Q}).json()["votes"] is None
+
+
+@pytest.mark.parametrize(
+    ("when", "reason", "labels", "target"),
+    [
+        ("skip", "no_step_flagged", ["draft", "global"], None),
+        ("lowest", "orm_below_threshold", ["draft", "global", "local"], 1),
+    ],
+)
+def test_local_when_unflagged_decides_the_local_refinement_of_an_unflagged_draft(
+    client: TestClient, when: str, reason: str, labels: list[str], target: int | None
+) -> None:
+    # At threshold 0.05 the SORM (0.9, 0.1, 0.1) flags no step, while the ORM still doubts.
+    knobs = {"sorm_threshold": 0.05, "local_when_unflagged": when}
+    body = client.post("/solve", json={"question": Q, **knobs}).json()
+    assert body["decision"]["reason"] == reason
+    assert body["decision"]["local_when_unflagged"] == when
+    assert (body["first_flagged_step"], body["decision"]["local_target_step"]) == (None, target)
+    assert [c["label"] for c in body["candidates"]] == labels
 
 
 def test_a_client_request_id_is_echoed_in_the_header_and_the_body(client: TestClient) -> None:
@@ -393,6 +424,46 @@ def test_settings_read_api_keys_from_a_comma_separated_env(monkeypatch: pytest.M
     specs = s.engine_specs()
     assert specs["sorm"].backend == "vllm" and specs["sorm"].options == {"dtype": "bfloat16"}
     assert specs["policy"].path == "/runs/tiny/policy"
+
+
+def test_the_run_s_evaluation_chosen_thresholds_are_the_defaults_unless_settings_set_them(
+    engines: FakeEngineSet, tmp_path: Path
+) -> None:
+    (tmp_path / SERVING_FILE).write_text(json.dumps({"sorm_threshold": 0.05, "orm_threshold": 0.3}))
+    chosen = settings(run_dir=tmp_path, defaults=Defaults(orm_threshold=0.6))
+    with TestClient(create_app(chosen, engines)) as c:
+        assert c.get("/ready").json()["defaults"] == {
+            "sorm_threshold": {"value": 0.05, "source": "run"},
+            "orm_threshold": {"value": 0.6, "source": "settings"},
+        }
+        decision = c.post("/solve", json={"question": Q}).json()["decision"]
+        assert (decision["sorm_threshold"], decision["orm_threshold"]) == (0.05, 0.6)
+        assert decision["reason"] == "no_step_flagged"  # 0.05 flags none of (0.9, 0.1, 0.1)
+    with TestClient(create_app(settings(), engines)) as c:
+        assert c.get("/ready").json()["defaults"]["sorm_threshold"] == {
+            "value": 0.5,
+            "source": "built-in",
+        }
+
+
+def test_environment_thresholds_override_the_run_s(
+    engines: FakeEngineSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / SERVING_FILE).write_text(json.dumps({"sorm_threshold": 0.2, "orm_threshold": 0.3}))
+    monkeypatch.setenv("GLORE_DEFAULTS__SORM_THRESHOLD", "0.7")
+    with TestClient(create_app(settings(run_dir=tmp_path), engines)) as c:
+        assert c.get("/ready").json()["defaults"] == {
+            "sorm_threshold": {"value": 0.7, "source": "settings"},
+            "orm_threshold": {"value": 0.3, "source": "run"},
+        }
+
+
+def test_a_broken_serving_file_fails_the_app_naming_the_file(
+    engines: FakeEngineSet, tmp_path: Path
+) -> None:
+    (tmp_path / SERVING_FILE).write_text(json.dumps({"sorm_threshold": 7}))
+    with pytest.raises(ValueError, match=r"serving\.json"):
+        create_app(settings(run_dir=tmp_path), engines)
 
 
 def test_an_app_without_checkpoints_fails_naming_the_setting() -> None:

@@ -40,3 +40,11 @@ def test_serve_without_a_run_names_the_settings_to_use(
     monkeypatch.delenv("GLORE_RUN_DIR", raising=False)
     assert main(["serve"]) == 2
     assert "GLORE_RUN_DIR" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_broken_serving_file_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "serving.json").write_text('{"sorm_threshold": "high"}')
+    assert main(["serve", "--run", str(tmp_path), "--port", "0"]) == 2
+    assert "serving.json" in capsys.readouterr().err

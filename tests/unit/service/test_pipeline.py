@@ -9,8 +9,11 @@ import pytest
 from engines.base import Completion, Role, StepScores
 from engines.text import CRITIQUE_MARKER
 from service.pipeline import (
+    REQUIRED_ROLES,
     Action,
+    Candidate,
     CandidateKind,
+    LocalWhenUnflagged,
     PipelineConfig,
     Reason,
     RefineMode,
@@ -22,6 +25,7 @@ from service.pipeline import (
 )
 from service.pipeline.draft import to_candidate
 from service.pipeline.rerank import pick
+from service.pipeline.strategies import majority_vote
 from service.pipeline.types import Scored
 from tests.support.fakes import (
     LOCAL_CONTINUATION,
@@ -62,15 +66,31 @@ def test_decide_keeps_draft_when_orm_outcome_reaches_threshold() -> None:
 
 
 def test_decide_refines_a_confident_draft_when_refine_is_always() -> None:
-    plan = decide(scored([0.99] * 3, [0.99] * 3), PipelineConfig(refine=RefineMode.ALWAYS))
+    plan = decide(scored([0.99] * 3, [0.99, 0.2, 0.99]), PipelineConfig(refine=RefineMode.ALWAYS))
     assert plan.action is Action.REFINE
     assert plan.reason is Reason.REFINE_ALWAYS
-
-
-def test_decide_targets_the_least_trusted_step_when_the_sorm_flags_none() -> None:
-    plan = decide(scored([0.2, 0.2, 0.2], [0.9, 0.6, 0.7]), PipelineConfig())
-    assert plan.first_flagged_step is None
     assert plan.local_target == 1
+
+
+def test_decide_refines_only_globally_when_the_sorm_flags_no_step() -> None:
+    for refine in RefineMode:
+        plan = decide(scored([0.2, 0.2, 0.2], [0.9, 0.6, 0.7]), PipelineConfig(refine=refine))
+        assert plan.action is Action.REFINE
+        assert plan.reason is Reason.NO_STEP_FLAGGED
+        assert (plan.first_flagged_step, plan.local_target) == (None, None)
+
+
+def test_decide_targets_the_least_trusted_step_when_asked_to_and_the_sorm_flags_none() -> None:
+    cfg = PipelineConfig(local_when_unflagged=LocalWhenUnflagged.LOWEST)
+    plan = decide(scored([0.2, 0.2, 0.2], [0.9, 0.6, 0.6]), cfg)
+    assert plan.reason is Reason.ORM_BELOW_THRESHOLD
+    assert plan.first_flagged_step is None
+    assert plan.local_target == 1  # the earlier of the two least trusted steps
+
+
+def test_decide_keeps_a_confident_draft_whatever_the_sorm_says() -> None:
+    plan = decide(scored([0.9, 0.9, 0.9], [0.9, 0.9, 0.9]), PipelineConfig())
+    assert (plan.action, plan.reason) == (Action.KEEP, Reason.ORM_ABOVE_THRESHOLD)
 
 
 def test_decide_uses_the_sorm_threshold_from_the_config() -> None:
@@ -168,10 +188,57 @@ async def test_glore_keeps_a_confident_draft_without_calling_the_refiners() -> N
 
 async def test_refine_always_refines_a_confident_draft_but_the_draft_can_still_win() -> None:
     engines = make_engines(draft=RIGHT_GLOBAL, global_text=WRONG_DRAFT)
-    sol = await solve(Q, engines, PipelineConfig(refine=RefineMode.ALWAYS), "glore")
+    cfg = PipelineConfig(refine=RefineMode.ALWAYS, local_when_unflagged=LocalWhenUnflagged.LOWEST)
+    sol = await solve(Q, engines, cfg, "glore")
     assert sol.plan.reason is Reason.REFINE_ALWAYS
     assert len(sol.candidates) == 3
     assert sol.winner.candidate.kind is CandidateKind.DRAFT
+
+
+async def test_glore_refines_globally_alone_when_the_sorm_flags_no_step() -> None:
+    engines = make_engines(draft=RIGHT_GLOBAL, global_text=WRONG_DRAFT)
+    sol = await solve(Q, engines, PipelineConfig(refine=RefineMode.ALWAYS), "glore")
+    assert sol.plan.reason is Reason.NO_STEP_FLAGGED
+    assert [s.candidate.label for s in sol.candidates] == ["draft", "global"]
+    assert engines.refine_local.calls == []  # type: ignore[attr-defined]
+
+
+async def test_self_consistency_returns_the_first_sample_of_the_most_stated_answer() -> None:
+    answers = ["5", None, "7", "7", "5", "7"]
+    texts = [f"s = 1\nThe answer is {a}." if a else "no answer here" for a in answers]
+    engines = make_engines()
+    engines.policy = FakeGenerator("policy", lambda prompt, i: texts[i])
+    sol = await solve(Q, engines, PipelineConfig(n=6, seed=3), "self_consistency")
+    assert sol.votes == {"5": 2, "7": 3}
+    assert sol.winner.candidate.label == "sample_3"
+    assert sol.winner.candidate.answer == "7"
+    [(_, params)] = engines.policy.calls  # type: ignore[attr-defined]
+    assert (params.n, params.temperature, params.seed) == (6, 0.7, 3)
+    # no reward model is consulted; every sample's tokens count
+    assert engines.orm.calls == engines.sorm.calls == []  # type: ignore[attr-defined]
+    assert all(s.orm is None for s in sol.candidates)
+    assert sol.tokens == {Role.POLICY: sum(s.candidate.num_tokens for s in sol.candidates)}
+    assert REQUIRED_ROLES[StrategyName.SELF_CONSISTENCY] == {Role.POLICY}
+
+
+def test_majority_vote_breaks_ties_towards_the_answer_stated_first() -> None:
+    def sample(answer: str | None) -> Candidate:
+        text = "s = 1" + (f"\nThe answer is {answer}." if answer else "")
+        return to_candidate(Completion(text, 3, "stop"), CandidateKind.SAMPLE, Role.POLICY)
+
+    assert majority_vote([sample(None), sample("4"), sample("9"), sample("9"), sample("4")]) == (
+        1,
+        {"4": 2, "9": 2},
+    )
+    assert majority_vote([sample(None), sample(None)]) == (None, {})
+
+
+async def test_self_consistency_without_any_stated_answer_returns_the_first_sample() -> None:
+    engines = make_engines()
+    engines.policy = FakeGenerator("policy", constant("no answer here"))
+    sol = await solve(Q, engines, PipelineConfig(n=3), "self_consistency")
+    assert sol.votes == {}
+    assert sol.winner.candidate.label == "sample_1"
 
 
 async def test_global_only_reranks_draft_and_global_without_the_sorm() -> None:
@@ -249,6 +316,7 @@ def test_get_strategy_names_the_known_strategies_for_an_unknown_one() -> None:
         "best_of_n",
         "global_only",
         "local_only",
+        "self_consistency",
     }
 
 
