@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from engines.base import Backend, Generator, Role, SamplingParams
+from engines.reranker import default_reranker, run_rerankers
 from service.pipeline.types import Engines, PipelineConfig
 from service.settings import SERVING_FILE, ServingDefaults
 from training.evaluation.report import build_report, gate_threshold, sorm_threshold, write_report
@@ -271,7 +272,12 @@ async def evaluate_run(
         data_name = f"{options.run}/data (held-out synthetic test split)"
     if not test:
         raise ValueError(f"no {options.split} problems to evaluate")
-    base = PipelineConfig(max_new_tokens=options.max_new_tokens, seed=options.seed)
+    # The strategies rank with the run's chosen reranker, as `glore serve` does; the paper's
+    # ORM ranks the `_orm` rows beside them.
+    default = default_reranker(options.run)
+    base = PipelineConfig(
+        max_new_tokens=options.max_new_tokens, seed=options.seed, reranker=default
+    )
     started = time.perf_counter()
 
     glore_only = [m for m in METHODS if m.name == "glore"]
@@ -322,7 +328,15 @@ async def evaluate_run(
         "sorm_threshold": chosen_sorm,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return build_report(val_records, test_records, meta=meta, seed=options.seed), test_records
+    report = build_report(
+        val_records,
+        test_records,
+        meta=meta,
+        seed=options.seed,
+        default=default,
+        rerankers=run_rerankers(options.run),
+    )
+    return report, test_records
 
 
 def run_evaluation(options: EvalOptions) -> dict[str, Path]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from engines.reranker import BUILTIN, ORM_RERANKER, Reranker
 from service.pipeline.types import StrategyName
 from training.evaluation.metrics import (
     best_threshold,
@@ -21,7 +22,8 @@ from training.evaluation.metrics import (
     step_hits,
     within_question_pairwise,
 )
-from training.evaluation.runner import METHODS, QuestionRecord, oracle_outcomes
+from training.evaluation.rerankers import measure, reranker_table
+from training.evaluation.runner import METHODS, RANKED_METHODS, QuestionRecord, oracle_outcomes
 from training.metrics import accuracy_at, roc_auc
 
 REPORT_VERSION = 2
@@ -48,8 +50,16 @@ HOW_COMPARATORS = {
     "global_only": "global-only",
     "local_only": "local-only",
 }
-# Every paired comparison of how.comparisons, as (a, b): a minus b.
-COMPARISONS = (*(("glore", b) for b in HOW_COMPARATORS), ("best_of_3", "greedy"))
+# Every paired comparison of how.comparisons, as (a, b): a minus b. The `_orm` rows are the
+# paper's GLoRe and best-of-3 as published (the ORM reranks), beside the run's default reranker.
+COMPARISONS = (
+    *(("glore", b) for b in HOW_COMPARATORS),
+    ("best_of_3", "greedy"),
+    ("glore", "glore_orm"),
+    ("glore_orm", "greedy"),
+    ("glore_orm", "best_of_3_orm"),
+    ("best_of_3_orm", "greedy"),
+)
 SELF_CONSISTENCY_ROWS = tuple(
     m.name for m in METHODS if m.strategy is StrategyName.SELF_CONSISTENCY
 )
@@ -193,9 +203,30 @@ def when_section(test: Sequence[QuestionRecord]) -> dict[str, Any]:
     }
 
 
-def how_section(test: Sequence[QuestionRecord], seed: int) -> dict[str, Any]:
-    """Final-answer accuracy of every strategy, with fix and break rates, token cost and the
-    paired comparisons (records from an older evaluation may lack newer methods' rows)."""
+def reranker_section(
+    test: Sequence[QuestionRecord], default: Reranker, rerankers: Mapping[str, Reranker]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`how.reranker` (the default reranker: what it reads, its weights, and how it ranks
+    GLoRe's candidates and best-of-3's samples) and `how.rerankers` (every verifier measured on
+    those same candidates, the paper's ORM included)."""
+    known = {**BUILTIN, **rerankers, default.name: default}
+    described = {
+        **default.to_dict(),
+        **{method: measure(default, test, method) for method in RANKED_METHODS},
+    }
+    return described, reranker_table(test, known, default.name)
+
+
+def how_section(
+    test: Sequence[QuestionRecord],
+    seed: int,
+    *,
+    default: Reranker = ORM_RERANKER,
+    rerankers: Mapping[str, Reranker] | None = None,
+) -> dict[str, Any]:
+    """Final-answer accuracy of every strategy, with fix and break rates, token cost, the
+    rerankers and the paired comparisons (records from an older evaluation may lack newer
+    methods' rows)."""
     names = [m.name for m in METHODS if all(m.name in r.methods for r in test)]
     outcomes = {name: [r.methods[name] for r in test] for name in names}
     oracles = [oracle_outcomes(r) for r in test]
@@ -234,10 +265,14 @@ def how_section(test: Sequence[QuestionRecord], seed: int) -> dict[str, Any]:
         [[r.candidate_orm[k] for k in ks] for r, ks in zip(test, kinds, strict=True)],
         [[r.candidates[k].correct for k in ks] for r, ks in zip(test, kinds, strict=True)],
     )
+    described, table = reranker_section(test, default, rerankers or {})
     return {
         "methods": rows,
         "refiners": refiners,
-        "reranker": {
+        "reranker": described,
+        "rerankers": table,
+        # The ORM's own ranking of GLoRe's {draft, global, local} (read from every record).
+        "orm_ranking": {
             "within_question_pairwise_accuracy": ranking.accuracy,
             "pairs": ranking.pairs,
             "questions": ranking.questions,
@@ -366,7 +401,8 @@ def claims_section(where: dict[str, Any], how: dict[str, Any]) -> dict[str, Any]
             "checks": where_checks,
         },
         "how": {
-            "claim": "GLoRe (global and local refinement, ORM rerank) beats greedy, best-of-3, "
+            "claim": "GLoRe (global and local refinement, reranked by "
+            f"{how.get('reranker', {}).get('name', 'orm')}) beats greedy, best-of-3, "
             "global-only and local-only.",
             "checks": how_checks,
         },
@@ -384,11 +420,15 @@ def build_report(
     *,
     meta: dict[str, Any],
     seed: int = 0,
+    default: Reranker = ORM_RERANKER,
+    rerankers: Mapping[str, Reranker] | None = None,
 ) -> dict[str, Any]:
+    """The whole report. `default` is the reranker the evaluated strategies used (the run's
+    choice); `rerankers` are the further ones measured beside it (the built-ins always are)."""
     if not test:
         raise ValueError("no test records to report on")
     where = where_section(val, test, seed)
-    how = how_section(test, seed)
+    how = how_section(test, seed, default=default, rerankers=rerankers)
     return {
         "version": REPORT_VERSION,
         "meta": meta,
@@ -497,14 +537,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             for kind, r in how["refiners"].items()
         ],
     )
-    rr = how.get("reranker")
-    if rr and rr["within_question_pairwise_accuracy"] is not None:
-        lines += [
-            "",
-            "The ORM as a reranker: of the (right, wrong) candidate pairs inside one question "
-            f"({rr['pairs']} pairs in {rr['questions']} questions), it scores the right one "
-            f"higher in {_pct(rr['within_question_pairwise_accuracy'])} (50% is a coin flip).",
-        ]
+    lines += _reranker_markdown(how)
     lines += ["", "## Where: step-level error detection (ORM vs SORM)", ""]
     titles = {"exact": "exact step labels (task checker)", "vstar": "V* labels (fresh rollouts)"}
     for truth, title in titles.items():
@@ -579,6 +612,52 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name}.png)" for name in PLOTS]
     return "\n".join(lines) + "\n"
+
+
+def _reranker_markdown(how: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    rr, table = how.get("reranker"), how.get("rerankers")
+    if rr:
+        terms = ", ".join(
+            f"{w:+.3f} × {f}" for f, w in zip(rr["features"], rr["weights"], strict=True)
+        )
+        lines += [
+            "",
+            f"## Reranker: {rr['name']}",
+            "",
+            f"{rr.get('description') or rr['name']}. Score = {terms} (features standardised; "
+            "only the order within one question matters). GLoRe, global-only, local-only and "
+            "best-of-3 rank their candidates with it; the `_orm` rows rank with the paper's ORM.",
+        ]
+    if table and table["rows"]:
+        lines += [
+            "",
+            "Every verifier on the same candidates: within-question pairwise accuracy (right "
+            "scored above wrong, 50% is a coin flip; pairs in brackets) and the accuracy its pick "
+            "would give.",
+            "",
+        ]
+        header = ["reranker", "features"]
+        for method in table["methods"]:
+            header += [f"{method} pairwise", f"{method} accuracy"]
+        rows = []
+        for row in table["rows"]:
+            cells = [f"**{row['name']}**" if row["default"] else row["name"]]
+            cells.append(", ".join(row["features"]))
+            for method in table["methods"]:
+                m = row[method]
+                cells += [f"{_pct(m['pairwise'])} ({m['pairs']})", _pct(m["accuracy"])]
+            rows.append(cells)
+        lines += _table(header, rows)
+    orm = how.get("orm_ranking")
+    if orm and orm["within_question_pairwise_accuracy"] is not None:
+        lines += [
+            "",
+            "The ORM's own ranking of GLoRe's candidates: of the (right, wrong) pairs inside one "
+            f"question ({orm['pairs']} pairs in {orm['questions']} questions), it scores the "
+            f"right one higher in {_pct(orm['within_question_pairwise_accuracy'])}.",
+        ]
+    return lines
 
 
 # ------------------------------------------------------------------ plots

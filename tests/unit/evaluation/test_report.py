@@ -123,6 +123,10 @@ def test_report_tables_have_exact_values_on_hand_built_records() -> None:
         "glore_vs_global_only",
         "glore_vs_local_only",
         "best_of_3_vs_greedy",
+        "glore_vs_glore_orm",
+        "glore_orm_vs_greedy",
+        "glore_orm_vs_best_of_3_orm",
+        "best_of_3_orm_vs_greedy",
         "glore_vs_self_consistency",
     }
     assert comparisons["glore_vs_best_of_3"]["difference"] == 0.25
@@ -136,7 +140,7 @@ def test_report_tables_have_exact_values_on_hand_built_records() -> None:
         assert c["sided"] == "two-sided" and c["questions"] == 4
         assert c["ci95"][0] <= c["difference"] <= c["ci95"][1]
     # (right, wrong) pairs: a 1 + tie, b 1 + 1, c 1 + tie, d none -> 5 of 6 in 3 questions
-    assert how["reranker"] == {
+    assert how["orm_ranking"] == {
         "within_question_pairwise_accuracy": pytest.approx(5 / 6),
         "pairs": 6,
         "questions": 3,
@@ -237,3 +241,45 @@ def test_written_report_has_json_markdown_and_every_plot(tmp_path: Path) -> None
     assert "self_consistency_3, the self-consistency row spending the most tokens" in md
     assert report["claims"]["how"]["statement"] in md
     assert to_markdown(report) == md
+
+
+def test_the_report_describes_the_default_reranker_and_measures_every_one_on_the_same_pairs() -> (
+    None
+):
+    from engines.reranker import Reranker
+    from training.evaluation.runner import RankedCandidate
+
+    def cand(label: str, ok: bool, orm_logit: float, lp_mean: float) -> RankedCandidate:
+        feats = {"orm_logit": orm_logit, "lp_mean": lp_mean, "lp_min": lp_mean,
+                 "lp_sum": lp_mean, "lp_low_share": 0.0}  # fmt: skip
+        return RankedCandidate(label, ok, feats)
+
+    records = []
+    for r in RECORDS:
+        r = QuestionRecord.from_dict(r.to_dict())
+        # The ORM prefers the wrong candidate, the likelihood the right one, in both methods.
+        r.ranked = {
+            "glore": [cand("draft", True, 0.5, -0.2), cand("global", False, 1.0, -0.9),
+                      cand("local", False, 0.2, -1.5)],
+            "best_of_3": [cand("sample_0", False, 2.0, -1.0), cand("sample_1", True, 1.0, -0.1)],
+        }  # fmt: skip
+        records.append(r)
+    default = Reranker("lp_only", ("lp_mean",), (1.0,), description="fitted")
+    report = build_report(records, records, meta={}, default=default, rerankers={})
+    how = report["how"]
+    assert how["reranker"]["name"] == "lp_only" and how["reranker"]["weights"] == [1.0]
+    assert how["reranker"]["glore"]["pairwise"] == 1.0 and how["reranker"]["glore"]["pairs"] == 8
+    assert how["reranker"]["best_of_3"]["accuracy"] == 1.0
+    rows = {row["name"]: row for row in how["rerankers"]["rows"]}
+    assert set(rows) == {"orm", "policy_mean_logprob", "lp_only"}
+    assert rows["lp_only"]["default"] and not rows["orm"]["default"]
+    # ORM: per question, right (0.5) beats local (0.2) but not global (1.0) -> 1 of 2
+    assert rows["orm"]["glore"]["pairwise"] == 0.5 and rows["orm"]["glore"]["pairs"] == 8
+    assert rows["orm"]["best_of_3"] == {"pairwise": 0.0, "pairs": 4, "questions_with_pairs": 4,
+                                        "accuracy": 0.0, "questions": 4}  # fmt: skip
+    assert (
+        "GLoRe (global and local refinement, reranked by lp_only)"
+        in (report["claims"]["how"]["claim"])
+    )
+    md = to_markdown(report)
+    assert "## Reranker: lp_only" in md and "| **lp_only** | lp_mean | 100.0% (8) |" in md

@@ -323,3 +323,27 @@ def test_get_strategy_names_the_known_strategies_for_an_unknown_one() -> None:
 def test_pipeline_config_rejects_thresholds_outside_zero_one() -> None:
     with pytest.raises(ValueError, match="orm_threshold"):
         PipelineConfig(orm_threshold=1.5)
+
+
+async def test_a_likelihood_reranker_reads_the_policy_once_and_can_overrule_the_orm() -> None:
+    from engines.reranker import ORM_RERANKER, POLICY_LIKELIHOOD
+
+    engines = make_engines()
+    sol = await solve(Q, engines, PipelineConfig(reranker=POLICY_LIKELIHOOD), "glore")
+    # the fake policy finds its own draft likeliest; the ORM doubted it (0.1)
+    assert sol.winner.candidate.kind is CandidateKind.DRAFT
+    [reads] = engines.policy.read_calls  # type: ignore[attr-defined]
+    assert [r.completion for r in reads] == [s.candidate.text for s in sol.candidates]
+    scores = [s.rank_score for s in sol.candidates]
+    assert all(v is not None for v in scores) and scores[0] == max(scores)  # type: ignore[type-var]
+
+    engines = make_engines()
+    sol = await solve(Q, engines, PipelineConfig(reranker=ORM_RERANKER), "glore")
+    assert sol.winner.candidate.kind is CandidateKind.GLOBAL
+    assert engines.policy.read_calls == []  # type: ignore[attr-defined]  # the ORM needs no read
+
+    texts = [RIGHT_GLOBAL, WRONG_DRAFT, RIGHT_GLOBAL]
+    engines = make_engines()
+    engines.policy = FakeGenerator("policy", lambda prompt, i: texts[i])
+    sol = await solve(Q, engines, PipelineConfig(n=3, reranker=POLICY_LIKELIHOOD), "best_of_n")
+    assert sol.winner.candidate.label == "sample_1"  # the first of the policy's favourite text

@@ -247,3 +247,26 @@ def test_any_text_gets_a_consistent_verdict(text: str | list[str]) -> None:
     assert len(check.prefix_ok) == n
     assert check.first_error is None or 0 <= check.first_error < n
     assert check.prefix_ok == tuple(all(check.step_ok[: i + 1]) for i in range(n))
+
+
+def test_a_continuation_is_consistent_only_if_it_uses_the_steps_stated_result() -> None:
+    from engines.base import Completion
+    from training.rollouts import count_successes
+    from training.tasks.checker import uses_result
+
+    assert uses_result(REF[1], REF[2:])  # "36 - 6 = 30" uses 36
+    # right answer, but recomputed from scratch around the prefix's (wrong) 35
+    assert not uses_result("Mia has 12 * 3 = 35 apples.", ["Mia now has 30 apples.",
+                                                          "The answer is 30."])  # fmt: skip
+    assert uses_result("Mia has some apples.", ["The answer is 30."])  # nothing to check
+    prefix = [REF[0], "Mia has 12 * 3 = 35 apples."]
+    conts = [
+        Completion("Mia now has 36 - 6 = 30 apples.\nThe answer is 30.", 9, "stop"),
+        Completion("Mia now has 35 - 5 = 30 apples.\nThe answer is 30.", 9, "stop"),
+        Completion("Mia now has 35 - 6 = 29 apples.\nThe answer is 29.", 9, "stop"),
+    ]
+    s = count_successes(PROBLEM, prefix, conts)
+    assert (s.hits, s.consistent) == (2, 1)
+    assert s.example == "Mia now has 35 - 5 = 30 apples.\nThe answer is 30."  # the consistent one
+    assert [(ok, used) for _, ok, used in s.samples] == [(True, False), (True, True),
+                                                         (False, False)]  # fmt: skip

@@ -144,3 +144,17 @@ def test_a_rollout_with_mismatched_lengths_is_refused_with_the_field_named() -> 
         DraftRollout("p", 0, ("a", "b"), None, False, "stop", (True, True), (1,), 4)
     with pytest.raises(ValueError, match="successes"):
         DraftRollout("p", 0, ("a",), None, False, "stop", (True,), (5,), 4)
+
+
+def test_with_the_consistency_check_only_continuations_using_the_step_result_count() -> None:
+    base = rollout((2, 1, 0), k=2)
+    r = DraftRollout(
+        **{**base.__dict__, "consistent_successes": (2, 0, 0)}  # step 1's success ignored it
+    )
+    assert vstar_labels(r).hard == (True, True, False)
+    assert vstar_labels(r, consistency=True).hard == (True, False, False)
+    assert vstar_labels(r, consistency=True).soft == (1.0, 0.0, 0.0)
+    # rows written before the check existed fall back to every success
+    assert vstar_labels(base, consistency=True).hard == (True, True, False)
+    with pytest.raises(ValueError, match="consistent_successes"):
+        DraftRollout(**{**base.__dict__, "consistent_successes": (2, 2, 0)})
