@@ -27,10 +27,13 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class Readings:
-    """What is known of one candidate when it is ranked (None: not read)."""
+    """What is known of one candidate when it is ranked (None: not read). `kind` is who wrote
+    it: `draft` (the policy's greedy draft), `global` or `local` (a refiner), `sample` (a
+    sampled policy solution)."""
 
     orm: StepScores | None
     logprobs: TokenLogprobs | None = None
+    kind: str = "sample"
 
 
 def _orm_logit(r: Readings) -> float:
@@ -54,8 +57,21 @@ def _low_share(lp: TokenLogprobs) -> float:
     return sum(x < math.log(0.5) for x in lp.logprobs) / len(lp.logprobs)
 
 
+def _kind(kind: str) -> Callable[[Readings], float]:
+    """1 for a candidate written by `kind`, else 0. The policy's likelihood favours its own
+    greedy draft (every token is its argmax, slips included) over a refiner's rewrite; a weight
+    on who wrote a candidate lets a fitted reranker take that bias out."""
+
+    def read(r: Readings) -> float:
+        return 1.0 if r.kind == kind else 0.0
+
+    return read
+
+
 # Every feature a reranker may weigh, by name, and whether it needs the policy's log-probs.
 FEATURES: dict[str, Callable[[Readings], float]] = {
+    "kind_global": _kind("global"),
+    "kind_local": _kind("local"),
     "orm_logit": _orm_logit,
     "lp_mean": _needs_lp(lambda lp: lp.mean),
     "lp_min": _needs_lp(lambda lp: lp.min),

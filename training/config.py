@@ -166,6 +166,8 @@ class RerankerConfig:
         default_factory=lambda: {
             "lp_orm": ["orm_logit", "lp_mean", "lp_min", "lp_sum", "lp_low_share"],
             "lp_only": ["lp_mean", "lp_min", "lp_sum", "lp_low_share"],
+            "lp_orm_kind": ["kind_global", "kind_local", "orm_logit", "lp_mean", "lp_min"],
+            "lp_kind": ["kind_global", "kind_local", "lp_mean", "lp_min"],
         },
         metadata={
             "help": "name -> features (engines.reranker.FEATURES) of each linear reranker fitted "
@@ -185,6 +187,13 @@ class RerankerConfig:
     )
     extra_drafts: bool = field(
         default=True, metadata={"help": "also learn from the ORM's outcome-labelled extra drafts"}
+    )
+    candidate_questions: int = field(
+        default=400,
+        metadata={
+            "help": "training questions (none that a rollout or extra draft came from) on which "
+            "GLoRe's {draft, global, local} are generated and outcome-labelled for the fit"
+        },
     )
     l2: float = field(default=1e-3, metadata={"help": "L2 penalty on the standardised weights"})
     holdout_share: float = field(

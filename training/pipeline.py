@@ -546,7 +546,16 @@ def stage_reranker(run: Run) -> dict[str, Any]:
     """Linear rerankers fitted on within-question pairs of the policy's outcome-labelled
     samples (training.reranker); the recipe's `reranker.default` becomes the service's."""
     from engines.reranker import RERANKER_DIR, Reranker
-    from training.reranker import collect_samples, read_features, save_rerankers, train_rerankers
+    from training.reranker import (
+        candidate_questions,
+        candidate_rows,
+        collect_samples,
+        read_features,
+        sample_rows,
+        save_rerankers,
+        save_rows,
+        train_rerankers,
+    )
     from training.rollouts import read_rollouts
 
     cfg = run.cfg.reranker
@@ -571,10 +580,24 @@ def stage_reranker(run: Run) -> dict[str, Any]:
             backend=cfg.backend,
             max_batch_size=cfg.max_batch_size,
         )
+        rows = sample_rows(samples, readings)
         read_s = time.perf_counter() - start
+        # GLoRe's own candidates on training questions that no refiner pair came from: the
+        # policy's likelihood favours its greedy draft over a refiner's rewrite, and only such
+        # rows show a fit by how much.
+        used = {r.problem_id for r in (*rollouts, *_read_orm_extra(run))}
+        fresh = candidate_questions(
+            run.problems("train"), used, cfg.candidate_questions, run.seed(Stage.RERANKER)
+        )
+        start = time.perf_counter()
+        if fresh:
+            rows += candidate_rows(run.out, fresh, backend=cfg.backend)
+        candidates_s = time.perf_counter() - start
+        if cfg.continuations and cfg.extra_drafts:
+            # every row, for the dev ablation (training.reranker_ablation) to refit variants on
+            save_rows(run.out / ".cache" / "reranker_rows.json", rows)
         fitted, report = train_rerankers(
-            samples,
-            readings,
+            rows,
             cfg.variants,
             l2=cfg.l2,
             holdout_share=cfg.holdout_share,
@@ -591,7 +614,9 @@ def stage_reranker(run: Run) -> dict[str, Any]:
             "metrics": {
                 "default": Reranker.load(path).name,
                 "heldout_pairwise": report["heldout_pairwise"],
+                "heldout_pairwise_candidates": report["heldout_pairwise_candidates"],
                 "feature_seconds": round(read_s, 1),
+                "candidate_seconds": round(candidates_s, 1),
             },
             "hashes": {"reranker": dir_hash(path.parent, "*.json")},
         }

@@ -1,10 +1,11 @@
 """Stage 6, the reranker: linear rerankers fitted to rank solutions *within* a question.
 
 A reranker only ever compares candidates of one question, so it is fitted on within-question
-(right, wrong) pairs of the policy's own outcome-labelled samples: the rollout drafts, every
+(right, wrong) pairs of outcome-labelled solutions: the policy's rollout drafts, every
 continuation the V* rollouts sampled (prefix + continuation is a whole solution, right or wrong),
-and the ORM's extra drafts. No exact step labels and no human labels. Each pair's loss is the
-Bradley-Terry log-loss of the score difference, and every question weighs the same.
+the ORM's extra drafts, and GLoRe's own candidates {draft, global, local} on training questions
+that no refiner pair came from. No exact step labels and no human labels. Each pair's loss is
+the Bradley-Terry log-loss of the score difference, and every question weighs the same.
 
 Features (engines.reranker.FEATURES) are read through the engines layer, as the service reads
 them: the ORM's outcome score and the policy's token log-probabilities of the solution.
@@ -12,11 +13,12 @@ them: the ORM's outcome score and the policy's token log-probabilities of the so
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from engines.base import LikelihoodRequest, Role, ScoreRequest
 from engines.reranker import (
     BUILTIN,
     DEFAULT_FILE,
+    FEATURES,
     RERANKER_DIR,
     Readings,
     Reranker,
@@ -35,6 +38,8 @@ from engines.reranker import (
 from engines.text import join_steps, policy_prompt, split_steps
 from training import generation
 from training.evaluation.metrics import within_question_pairwise
+from training.evaluation.rerankers import candidate_features
+from training.tasks import Problem
 from training.vstar import DraftRollout
 
 log = logging.getLogger(__name__)
@@ -119,6 +124,78 @@ def read_features(
     return out
 
 
+@dataclass(frozen=True)
+class Row:
+    """One outcome-labelled solution with every reranker feature (engines.reranker.FEATURES)."""
+
+    problem_id: str
+    correct: bool
+    source: str  # draft | extra | continuation | candidate
+    features: dict[str, float]
+
+
+def _named(names: Sequence[str], values: Sequence[float]) -> dict[str, float]:
+    return dict(zip(names, values, strict=True))
+
+
+def sample_rows(samples: Sequence[Sample], readings: Sequence[Readings]) -> list[Row]:
+    names = list(FEATURES)
+    return [
+        Row(
+            s.problem_id,
+            s.correct,
+            s.source,
+            dict(zip(names, feature_values(r, names), strict=True)),
+        )
+        for s, r in zip(samples, readings, strict=True)
+    ]
+
+
+def save_rows(path: Path, rows: Sequence[Row]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(r) for r in rows]))
+
+
+def load_rows(path: Path) -> list[Row]:
+    return [Row(**d) for d in json.loads(path.read_text())]
+
+
+def candidate_questions(
+    problems: Sequence[Problem], used: set[str], n: int, seed: int
+) -> list[Problem]:
+    """`n` training questions that no rollout or extra draft came from (so no refiner pair was
+    built on them), seeded."""
+    fresh = [p for p in problems if p.id not in used]
+    return random.Random(seed).sample(fresh, min(n, len(fresh)))
+
+
+def candidate_rows(run_dir: Path, problems: Sequence[Problem], *, backend: str) -> list[Row]:
+    """GLoRe's candidates {draft, global, local} (refine=always, the paper's ORM ranking) on
+    `problems`, through the service's own pipeline, with their features and outcomes."""
+    from engines.base import Backend
+    from engines.registry import load_engines, run_dir_specs
+    from service.pipeline.types import PipelineConfig, RefineMode
+    from training.evaluation.runner import METHODS, evaluate
+
+    glore = [m for m in METHODS if m.name == "glore"]
+    cfg = PipelineConfig(refine=RefineMode.ALWAYS)
+
+    async def go() -> list[Row]:
+        engines = load_engines(run_dir_specs(run_dir, backend=Backend(backend)))
+        try:
+            records = await evaluate(problems, engines, cfg, methods=glore, desc="GLoRe candidates")
+        finally:
+            await engines.close()
+        return [
+            Row(r.problem_id, c.correct, "candidate", candidate_features(c))
+            for r in records
+            for c in r.ranked.get("glore", [])
+            if c.features
+        ]
+
+    return generation.run_async(go())
+
+
 def _pairs(groups: Sequence[str], correct: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     """(right index, wrong index) for every within-question pair, and each pair's weight
     (1 / pairs of its question, so every question with both outcomes weighs the same)."""
@@ -171,31 +248,54 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
 
 
 def grouped(
-    samples: Sequence[Sample], scores: Sequence[float]
+    rows: Sequence[Row], scores: Sequence[float]
 ) -> tuple[list[list[float]], list[list[bool]]]:
-    """Scores and outcomes per question, for within_question_pairwise."""
-    by_q: dict[str, tuple[list[float], list[bool]]] = defaultdict(lambda: ([], []))
-    for s, v in zip(samples, scores, strict=True):
-        by_q[s.problem_id][0].append(v)
-        by_q[s.problem_id][1].append(s.correct)
+    """Scores and outcomes per question (and source: candidates of GLoRe and policy samples of
+    one question are ranked apart, as the service ranks them), for within_question_pairwise."""
+    by_q: dict[tuple[str, bool], tuple[list[float], list[bool]]] = defaultdict(lambda: ([], []))
+    for r, v in zip(rows, scores, strict=True):
+        key = (r.problem_id, r.source == "candidate")
+        by_q[key][0].append(v)
+        by_q[key][1].append(r.correct)
     return [v[0] for v in by_q.values()], [v[1] for v in by_q.values()]
 
 
-def split_questions(
-    samples: Sequence[Sample], share: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Sample indices of (fit, check) questions: a seeded share of questions is held out."""
-    questions = sorted({s.problem_id for s in samples})
+def _group_keys(rows: Sequence[Row]) -> list[str]:
+    return [f"{r.problem_id}|{'c' if r.source == 'candidate' else 's'}" for r in rows]
+
+
+def split_questions(rows: Sequence[Row], share: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row indices of (fit, check) questions: a seeded share of questions is held out."""
+    questions = sorted({r.problem_id for r in rows})
     rng = random.Random(seed)
     held = set(rng.sample(questions, round(len(questions) * share)))
-    fit = [i for i, s in enumerate(samples) if s.problem_id not in held]
-    check = [i for i, s in enumerate(samples) if s.problem_id in held]
+    fit = [i for i, r in enumerate(rows) if r.problem_id not in held]
+    check = [i for i, r in enumerate(rows) if r.problem_id in held]
     return fit, check
 
 
+def fit_reranker(rows: Sequence[Row], name: str, features: Sequence[str], *, l2: float) -> Reranker:
+    """One linear reranker, fitted on the within-question pairs of `rows`."""
+    x = np.array([[r.features[f] for f in features] for r in rows])
+    w, center, scale = fit_pairwise(x, _group_keys(rows), [r.correct for r in rows], l2=l2)
+    return Reranker(
+        name,
+        tuple(features),
+        tuple(float(v) for v in w),
+        tuple(float(v) for v in center),
+        tuple(float(v) for v in scale),
+        description=f"pairwise (Bradley-Terry) fit on {', '.join(features)}",
+    )
+
+
+def measure_rows(reranker: Reranker, rows: Sequence[Row]) -> dict[str, Any]:
+    scores = [reranker.score_features([r.features[f] for f in reranker.features]) for r in rows]
+    ranking = within_question_pairwise(*grouped(rows, scores))
+    return {"pairwise": ranking.accuracy, "pairs": ranking.pairs, "questions": ranking.questions}
+
+
 def train_rerankers(
-    samples: Sequence[Sample],
-    readings: Sequence[Readings],
+    rows: Sequence[Row],
     variants: dict[str, Sequence[str]],
     *,
     l2: float,
@@ -203,51 +303,37 @@ def train_rerankers(
     seed: int,
 ) -> tuple[dict[str, Reranker], dict[str, Any]]:
     """Fit every variant on most questions; measure each (and the built-in rerankers) by
-    within-question pairwise accuracy on the held-out questions."""
-    fit_idx, check_idx = split_questions(samples, holdout_share, seed)
+    within-question pairwise accuracy on the held-out questions: on all held-out rows, and on
+    GLoRe's candidates alone (what the service ranks)."""
+    fit_idx, check_idx = split_questions(rows, holdout_share, seed)
+    fit, check = [rows[i] for i in fit_idx], [rows[i] for i in check_idx]
     fitted: dict[str, Reranker] = {}
-    table: dict[str, Any] = {}
-    check = [samples[i] for i in check_idx]
-    if not len(
-        _pairs([samples[i].problem_id for i in fit_idx], [samples[i].correct for i in fit_idx])[0]
-    ):
+    if not len(_pairs(_group_keys(fit), [r.correct for r in fit])[0]):
         # A tiny run (smoke) may hold no question with both outcomes: nothing can be fitted.
         log.warning("reranker: no within-question (right, wrong) pair to fit; none fitted")
         variants = {}
     for name, features in variants.items():
-        x = np.array([feature_values(readings[i], features) for i in fit_idx])
-        w, center, scale = fit_pairwise(
-            x,
-            [samples[i].problem_id for i in fit_idx],
-            [samples[i].correct for i in fit_idx],
-            l2=l2,
-        )
-        fitted[name] = Reranker(
-            name,
-            tuple(features),
-            tuple(float(v) for v in w),
-            tuple(float(v) for v in center),
-            tuple(float(v) for v in scale),
-            description=f"pairwise (Bradley-Terry) fit on {', '.join(features)}",
-        )
+        fitted[name] = fit_reranker(fit, name, features, l2=l2)
+    candidates = [r for r in check if r.source == "candidate"]
+    table: dict[str, Any] = {}
+    on_candidates: dict[str, Any] = {}
     for name, reranker in {**BUILTIN, **fitted}.items():
-        scores = [reranker.score(readings[i]) for i in check_idx]
-        ranking = within_question_pairwise(*grouped(check, scores))
-        table[name] = {
-            "pairwise": ranking.accuracy,
-            "pairs": ranking.pairs,
-            "questions": ranking.questions,
-        }
+        table[name] = measure_rows(reranker, check)
+        if candidates:
+            on_candidates[name] = measure_rows(reranker, candidates)
+    sources = ("draft", "extra", "continuation", "candidate")
     counts = {
-        "samples": len(samples),
-        "fit_samples": len(fit_idx),
-        "check_samples": len(check_idx),
-        "by_source": {
-            src: sum(s.source == src for s in samples) for src in ("draft", "extra", "continuation")
-        },
-        "correct_fraction": sum(s.correct for s in samples) / len(samples) if samples else None,
+        "samples": len(rows),
+        "fit_samples": len(fit),
+        "check_samples": len(check),
+        "by_source": {src: sum(r.source == src for r in rows) for src in sources},
+        "correct_fraction": sum(r.correct for r in rows) / len(rows) if rows else None,
     }
-    return fitted, {"heldout_pairwise": table, "counts": counts}
+    return fitted, {
+        "heldout_pairwise": table,
+        "heldout_pairwise_candidates": on_candidates,
+        "counts": counts,
+    }
 
 
 def save_rerankers(
@@ -271,10 +357,15 @@ def save_rerankers(
 
 __all__ = [
     "RERANKER_DIR",
+    "Row",
     "Sample",
+    "candidate_questions",
+    "candidate_rows",
     "collect_samples",
     "fit_pairwise",
+    "fit_reranker",
     "read_features",
+    "sample_rows",
     "save_rerankers",
     "train_rerankers",
 ]

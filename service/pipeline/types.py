@@ -177,7 +177,7 @@ class Scored:
 
     @property
     def readings(self) -> Readings:
-        return Readings(self.orm, self.logprobs)
+        return Readings(self.orm, self.logprobs, str(self.candidate.kind))
 
 
 @dataclass(frozen=True)

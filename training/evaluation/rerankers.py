@@ -16,10 +16,25 @@ from training.evaluation.metrics import within_question_pairwise
 from training.evaluation.runner import RANKED_METHODS, QuestionRecord, RankedCandidate
 
 
+def kind_of(label: str) -> str:
+    """The writer of a candidate from its label: draft, global, local or sample (sample_k)."""
+    return "sample" if label.startswith("sample") else label
+
+
+def candidate_features(c: RankedCandidate) -> dict[str, float]:
+    """A candidate's recorded features; who wrote it is also known from its label (records
+    written before the kind features existed lack them)."""
+    kind = kind_of(c.label)
+    return {"kind_global": float(kind == "global"), "kind_local": float(kind == "local")} | (
+        c.features
+    )
+
+
 def candidate_score(reranker: Reranker, c: RankedCandidate) -> float:
     if not c.features:
         return -math.inf
-    return reranker.score_features([c.features[f] for f in reranker.features])
+    features = candidate_features(c)
+    return reranker.score_features([features[f] for f in reranker.features])
 
 
 def pick(reranker: Reranker, candidates: Sequence[RankedCandidate]) -> RankedCandidate:

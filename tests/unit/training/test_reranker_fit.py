@@ -14,10 +14,12 @@ from engines.base import StepScores, TokenLogprobs
 from engines.reranker import DEFAULT_FILE, Readings, Reranker
 from training.evaluation.metrics import within_question_pairwise
 from training.reranker import (
+    Row,
     Sample,
     collect_samples,
     fit_pairwise,
     grouped,
+    sample_rows,
     save_rerankers,
     split_questions,
     train_rerankers,
@@ -52,7 +54,8 @@ def test_a_pairwise_fit_weighs_the_within_question_signal_not_question_difficult
     assert w[1] > 0.5 and abs(w[0]) < w[1] / 3  # the log-probability carries the weight
     r = Reranker("fit", ("orm_logit", "lp_mean"), tuple(w), tuple(center), tuple(scale))
     fresh, fresh_reads = world(100, 6, seed=2)
-    ranking = within_question_pairwise(*grouped(fresh, [r.score(x) for x in fresh_reads]))
+    rows = sample_rows(fresh, fresh_reads)
+    ranking = within_question_pairwise(*grouped(rows, [r.score(x) for x in fresh_reads]))
     assert ranking.accuracy is not None and ranking.accuracy > 0.9
 
 
@@ -63,9 +66,9 @@ def test_no_question_with_both_outcomes_is_refused() -> None:
 
 def test_train_rerankers_holds_out_whole_questions_and_measures_every_reranker() -> None:
     samples, reads = world(120, 5, seed=3)
+    rows = sample_rows(samples, reads)
     fitted, report = train_rerankers(
-        samples,
-        reads,
+        rows,
         {"lp_orm": ("orm_logit", "lp_mean"), "lp_only": ("lp_mean",)},
         l2=1e-3,
         holdout_share=0.25,
@@ -78,7 +81,7 @@ def test_train_rerankers_holds_out_whole_questions_and_measures_every_reranker()
     assert table["lp_orm"]["pairwise"] > 0.85 > 0.65 > table["orm"]["pairwise"]
     counts = report["counts"]
     assert counts["samples"] == 600 and counts["fit_samples"] + counts["check_samples"] == 600
-    fit, check = split_questions(samples, 0.25, 0)
+    fit, check = split_questions(rows, 0.25, 0)
     assert not {samples[i].problem_id for i in fit} & {samples[i].problem_id for i in check}
     assert len({samples[i].problem_id for i in check}) == 30
 
@@ -87,7 +90,11 @@ def test_with_no_pairs_nothing_is_fitted_and_the_orm_is_saved_as_default(tmp_pat
     samples = [Sample(f"q{i}", ("a",), i % 2 == 0, "draft") for i in range(8)]  # one per question
     reads = [Readings(StepScores((0.5,)), TokenLogprobs((-1.0,))) for _ in samples]
     fitted, _ = train_rerankers(
-        samples, reads, {"lp_orm": ("orm_logit", "lp_mean")}, l2=0.0, holdout_share=0.25, seed=0
+        sample_rows(samples, reads),
+        {"lp_orm": ("orm_logit", "lp_mean")},
+        l2=0.0,
+        holdout_share=0.25,
+        seed=0,
     )
     assert fitted == {}
     path = save_rerankers(tmp_path, fitted, "lp_orm", {})
@@ -130,3 +137,32 @@ def test_samples_are_every_distinct_solution_drafts_extras_and_stitched_continua
     assert len(collect_samples([rollout], [], continuations=False, max_steps=8)) == 1
     cut = collect_samples([rollout], [], continuations=True, max_steps=2)
     assert all(len(s.steps) <= 2 for s in cut if s.source == "continuation")
+
+
+def test_who_wrote_a_candidate_lets_a_fit_correct_the_likelihood_bias_towards_the_draft() -> None:
+    """The policy finds its own greedy draft likelier than a refiner's rewrite whether or not
+    the draft is right; among candidates of one writer, the likelier one is right. A fit on
+    GLoRe's candidates with the writer as a feature ranks them; likelihood alone cannot."""
+    rng = random.Random(4)
+    rows = []
+    for q in range(300):
+        for kind in ("draft", "global", "local"):
+            correct = rng.random() < 0.5
+            lp = (-0.4 if correct else -0.8) + (0.6 if kind == "draft" else 0.0)
+            lp += rng.gauss(0, 0.1)
+            feats = {"kind_global": float(kind == "global"), "kind_local": float(kind == "local"),
+                     "orm_logit": 0.0, "lp_mean": lp, "lp_min": lp, "lp_sum": lp,
+                     "lp_low_share": 0.0}  # fmt: skip
+            rows.append(Row(f"q{q}", correct, "candidate", feats))
+    fitted, report = train_rerankers(
+        rows,
+        {"lp": ("lp_mean",), "lp_kind": ("kind_global", "kind_local", "lp_mean")},
+        l2=1e-3,
+        holdout_share=0.3,
+        seed=0,
+    )
+    on_candidates = report["heldout_pairwise_candidates"]
+    assert on_candidates["lp_kind"]["pairwise"] > 0.9
+    assert on_candidates["lp"]["pairwise"] < 0.8
+    w = dict(zip(fitted["lp_kind"].features, fitted["lp_kind"].weights, strict=True))
+    assert w["kind_global"] > 0 and w["kind_local"] > 0 and w["lp_mean"] > 0
