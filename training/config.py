@@ -175,7 +175,7 @@ class RerankerConfig:
         },
     )
     default: str = field(
-        default="lp_orm",
+        default="lp_kind",
         metadata={
             "help": "the reranker the service uses: a variant above or a built-in (orm, "
             "policy_mean_logprob); choose it on the dev split (glore eval --split dev)"

@@ -38,6 +38,7 @@ from training.reranker import (
     read_features,
     sample_rows,
     save_rows,
+    split_questions,
 )
 from training.rollouts import read_jsonl, read_rollouts
 from training.tasks import load_problems
@@ -120,6 +121,11 @@ def ablate(run: Path, dev: Path, *, l2: float | None = None) -> dict[str, Any]:
     cfg = _run_config(run)
     penalty = cfg.reranker.l2 if l2 is None else l2
     rows = training_rows(run, run / ".cache" / "reranker_rows.json")
+    # The questions the reranker stage fits on (it holds out the rest to measure), so a variant
+    # here with a stage variant's features is that variant.
+    seed = cfg.seed + SEED_OFFSET[Stage.RERANKER]
+    fit_idx, _ = split_questions(rows, cfg.reranker.holdout_share, seed)
+    rows = [rows[i] for i in fit_idx]
     out: list[dict[str, Any]] = []
 
     def row(label: str, data: str, reranker: Reranker, seconds: float | None) -> None:
