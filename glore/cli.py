@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "train the five GLoRe checkpoints from synthetic or GSM8K data"),
     "eval": ("training.evaluation.cli", "evaluate a trained run and write the paper's tables"),
     "bench": ("bench.cli", "benchmarks: engines, service, load"),
+    "export": ("training.export", "copy what serving needs from a run, with file hashes"),
 }
 
 
@@ -36,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="glore",
         description="GLoRe: global and local refinements of LLM reasoning, served and trained.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,train,eval,bench}", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}", required=True
+    )
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         try:
             module = importlib.import_module(module_name)
