@@ -85,9 +85,17 @@ def export_run(
     *,
     exclude: tuple[str, ...] = EXCLUDE,
     limit_bytes: int | None = DEFAULT_LIMIT_BYTES,
+    serving_from: Path | None = None,
 ) -> ExportResult:
     """Copy what serving needs from `run` into `out` (replacing what `out` held) and record
-    every file's SHA-256 in `out/manifest.json` under `files`."""
+    every file's SHA-256 in `out/manifest.json` under `files`.
+
+    `serving_from`: a test-split report.json of this recipe's run, whose validation-chosen
+    thresholds become the export's serving.json, and whose evaluation counts its
+    evaluations.json. A rebuilt run has had no evaluation of its own, and evaluating it again
+    would look at the test split a second time; the run is deterministic, so the report's
+    choices are this run's (the shipped default's test checks that its answers are the
+    report's)."""
     run, out = run.resolve(), out.resolve()
     manifest_path = run / MANIFEST
     if not manifest_path.is_file():
@@ -117,6 +125,15 @@ def export_run(
         shutil.copyfile(src, dst)  # follows symlinks: the export holds real files
         os.chmod(dst, 0o644)
         files[rel] = sha256_file(dst)
+    if serving_from is not None:
+        for name, data in _serving_from_report(serving_from).items():
+            (scratch / name).write_text(json.dumps(data, indent=2) + "\n")
+            files[name] = sha256_file(scratch / name)
+        manifest["serving"] = {
+            "file": "serving.json",
+            **_serving_from_report(serving_from)["serving.json"],
+        }
+        files = dict(sorted(files.items()))
     manifest["files"] = files
     manifest["exported_from"] = run.name
     (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
@@ -125,6 +142,26 @@ def export_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(scratch, out)
     return ExportResult(out=out, files=files, total_bytes=total)
+
+
+def _serving_from_report(report: Path) -> dict[str, dict[str, Any]]:
+    """serving.json and evaluations.json as the test evaluation in `report` left them."""
+    try:
+        meta = json.loads(report.read_text())["meta"]
+        if meta["split"] != "test":
+            raise ExportError(
+                f"{report} is a {meta['split']} evaluation; thresholds come from test"
+            )
+        serving = {
+            "sorm_threshold": float(meta["sorm_threshold"]),
+            "orm_threshold": float(meta["gate_threshold"]),
+            "report": report.as_posix(),
+            "written": None,
+        }
+        counts = {"test": int(meta["test_evaluations"]), "dev": int(meta["dev_evaluations"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"--serving-from {report}: not a readable test report ({exc})") from None
+    return {"serving.json": serving, "evaluations.json": counts}
 
 
 def check_export(path: Path) -> dict[str, str]:
@@ -163,6 +200,12 @@ def add_arguments(parser: Any) -> None:
         help="only verify that --run is an export whose files match their manifest hashes",
     )
     parser.add_argument(
+        "--serving-from",
+        type=Path,
+        help="a test-split report.json of this recipe's run: its thresholds become the "
+        "export's serving.json (e.g. reports/tiny/report.json)",
+    )
+    parser.add_argument(
         "--limit-mb",
         type=float,
         default=DEFAULT_LIMIT_BYTES / 2**20,
@@ -182,7 +225,7 @@ def run(args: Any) -> int:
             print("glore export: --out is required (or --check)", file=sys.stderr)
             return 2
         limit = None if args.limit_mb <= 0 else int(args.limit_mb * 2**20)
-        result = export_run(args.run, args.out, limit_bytes=limit)
+        result = export_run(args.run, args.out, limit_bytes=limit, serving_from=args.serving_from)
     except ExportError as exc:
         print(f"glore export: {exc}", file=sys.stderr)
         return 1

@@ -108,3 +108,19 @@ def test_the_command_exports_and_checks(tmp_path: Path, capsys: pytest.CaptureFi
     (out / "recipe.yaml").write_text("seed: 1\n")
     assert glore(["export", "--run", str(out), "--check"]) == 1
     assert "changed: recipe.yaml" in capsys.readouterr().err
+
+
+def test_serving_thresholds_come_from_a_test_report_of_the_recipe(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    meta = {"split": "test", "sorm_threshold": 0.25, "gate_threshold": 0.5}
+    report.write_text(json.dumps({"meta": meta | {"test_evaluations": 1, "dev_evaluations": 2}}))
+    out = export_run(_run(tmp_path), tmp_path / "out", serving_from=report).out
+    serving = json.loads((out / "serving.json").read_text())
+    assert (serving["sorm_threshold"], serving["orm_threshold"]) == (0.25, 0.5)
+    assert json.loads((out / "evaluations.json").read_text()) == {"test": 1, "dev": 2}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["serving"]["orm_threshold"] == 0.5
+    check_export(out)  # the written files are hashed too
+    report.write_text(json.dumps({"meta": meta | {"split": "dev"}}))
+    with pytest.raises(ExportError, match="dev evaluation"):
+        export_run(_run(tmp_path / "b"), tmp_path / "out-b", serving_from=report)
