@@ -13,6 +13,7 @@ from enum import StrEnum
 from tqdm import tqdm
 
 from engines.text import answer_step
+from training.tasks import wide
 from training.tasks.types import Operation, Problem, Source, TaskConfig
 
 NAMES: tuple[str, ...] = (
@@ -122,6 +123,17 @@ STEP_UPDATE = "{p} now has {a} {op} {b} = {c} {obj}."
 STEP_NEW = "{p} has {a} {op} {b} = {c} {obj}."
 
 
+def _part(words: tuple[str, ...], n: int, held_out: bool, knob: str) -> list[str]:
+    """The first `n` words (what training draws from), or with `held_out` the rest."""
+    if not held_out:
+        return list(words[: min(n, len(words))])
+    if n >= len(words):
+        raise ValueError(
+            f"TaskConfig.{knob} = {n} uses all {len(words)} of them: none is left to hold out"
+        )
+    return list(words[n:])
+
+
 @dataclass
 class _Step:
     sentence: str
@@ -138,14 +150,16 @@ class _Builder:
     def __init__(self, config: TaskConfig, rng: random.Random) -> None:
         self.cfg = config
         self.rng = rng
-        self.names = list(NAMES[: min(config.n_names, len(NAMES))])
+        self.names = _part(NAMES, config.n_names, config.part == "heldout_names", "n_names")
         rng.shuffle(self.names)
-        self.obj = rng.choice(OBJECTS[: min(config.n_objects, len(OBJECTS))])
+        objects = _part(OBJECTS, config.n_objects, config.part == "heldout_names", "n_objects")
+        self.obj = rng.choice(objects)
         self.values: dict[str, int] = {}  # each person's current quantity
         self.focus = ""
 
     def template(self, options: tuple[str, ...]) -> str:
-        return self.rng.choice(options[: self.cfg.n_templates])
+        held = self.cfg.part == "heldout_templates"
+        return self.rng.choice(_part(options, self.cfg.n_templates, held, "n_templates"))
 
     def ok(self, value: int) -> bool:
         # A floor of 2 keeps plurals right ("1 apples" reads wrong) and avoids trivial ×1 chains.
@@ -256,8 +270,9 @@ def generate_problem(config: TaskConfig, seed: int, index: int) -> Problem:
     `generate_problems(cfg, k, s)` and a problem can be regenerated from its id alone.
     """
     rng = random.Random(f"glore-syn:{seed}:{index}")
+    attempt = wide.attempt if config.family == "wide" else _attempt
     for _ in range(100):
-        problem = _attempt(config, rng, f"syn-{seed}-{index}")
+        problem = attempt(config, rng, f"syn-{seed}-{index}")
         if problem is not None:
             return problem
     raise ValueError(

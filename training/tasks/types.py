@@ -4,6 +4,7 @@ the difficulty knobs of the synthetic generator (with named presets for YAML rec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -194,6 +195,17 @@ class TaskConfig:
     `combine_prob` the chance it combines two earlier values ("as many as Tom and Mia
     together"); other steps update the current person. `n_templates`, `n_names` and `n_objects`
     bound the phrasing variety (fewer = a smaller vocabulary for tiny models).
+
+    `family` "basic" is the generator above; "wide" (`training.tasks.wide`) says the same
+    chains of steps with hundreds of names and objects, pronouns, synonyms, reordered and
+    combined clauses, and ignores the three `n_*` bounds. Its own knobs: `pronoun_prob` (a
+    pronoun where the last sentence makes it clear), `clause_prob` (two updates in one
+    sentence), `total_prob` (the question asks for two people's total) and `group_prob` (the
+    opening is groups: "3 boxes of 12"). `part` picks what the words and phrasings come from:
+    "train" (the default), or a part training never sees, for measuring generalisation:
+    "heldout_names" (held-out names and objects) or "heldout_templates" (held-out phrasings).
+    In the basic family the held-out parts are the names, objects and templates past
+    `n_names`, `n_objects` and `n_templates`.
     """
 
     name: str = "custom"
@@ -215,6 +227,12 @@ class TaskConfig:
     n_names: int = 30
     n_objects: int = 16
     allow_negative: bool = False
+    family: str = "basic"
+    part: str = "train"
+    pronoun_prob: float = 0.5
+    clause_prob: float = 0.25
+    total_prob: float = 0.2
+    group_prob: float = 0.15
 
     # The divisor phrasing ("a third as many") has words for 2..10 only.
     MAX_DIVISOR: ClassVar[int] = 10
@@ -253,6 +271,18 @@ class TaskConfig:
                 f"TaskConfig.max_value ({self.max_value}) must be >= start_max ({self.start_max})"
             )
         for p in ("derive_prob", "combine_prob"):
+            value = getattr(self, p)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"TaskConfig.{p} must be a probability in [0, 1], got {value!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"TaskConfig.family must be one of {list(FAMILIES)}, got {self.family!r}"
+            )
+        if self.part not in TASK_PARTS:
+            raise ValueError(
+                f"TaskConfig.part must be one of {list(TASK_PARTS)}, got {self.part!r}"
+            )
+        for p in ("pronoun_prob", "clause_prob", "total_prob", "group_prob"):
             value = getattr(self, p)
             if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"TaskConfig.{p} must be a probability in [0, 1], got {value!r}")
@@ -351,6 +381,33 @@ class TaskConfig:
         )
 
     @classmethod
+    def wide(cls) -> TaskConfig:
+        """The tiny preset's steps (plus halves and thirds), said the many ways people say them:
+        the wide family over hundreds of names and objects."""
+        return cls(
+            name="wide",
+            family="wide",
+            min_steps=2,
+            max_steps=3,
+            start_min=2,
+            start_max=12,
+            add_min=2,
+            add_max=9,
+            mul_min=2,
+            mul_max=3,
+            div_min=2,
+            div_max=3,
+            max_value=60,
+            operations=("+", "-", "*", "/"),
+            derive_prob=0.3,
+            combine_prob=0.1,
+        )
+
+    def held_out(self, part: str) -> TaskConfig:
+        """This config, drawing from `part` of the generator (see the class docstring)."""
+        return dataclasses.replace(self, part=part)
+
+    @classmethod
     def preset(cls, name: str) -> TaskConfig:
         try:
             return PRESETS[name]()
@@ -387,6 +444,10 @@ class TaskConfig:
         return cls(**base)
 
 
+FAMILIES = ("basic", "wide")
+# The training part, and the held-out parts a generalisation evaluation draws from.
+TASK_PARTS = ("train", "heldout_names", "heldout_templates")
+
 _OP_ALIASES = {"x": "*", "×": "*", "÷": "/", "−": "-"}
 
 PRESETS: dict[str, Callable[[], TaskConfig]] = {
@@ -394,6 +455,7 @@ PRESETS: dict[str, Callable[[], TaskConfig]] = {
     "easy": TaskConfig.easy,
     "medium": TaskConfig.medium,
     "hard": TaskConfig.hard,
+    "wide": TaskConfig.wide,
 }
 
 __all__ = [

@@ -14,7 +14,9 @@ from training.tasks import PRESETS, Operation, TaskConfig, check_solution, gener
 from training.tasks.checker import parse_equations
 from training.tasks.synthetic import COMBINE, DERIVE, START, UPDATE, generate_problem
 
-STEP_LINE = re.compile(r"^[A-Z][a-z]+ (now )?has \d+ [-+*/] \d+ = \d+ [a-z]+\.$")
+STEP_LINE = re.compile(
+    r"^[A-Z][a-z]+ ((now )?has|and [A-Z][a-z]+ have) \d+ [-+*/] \d+ = \d+ [a-z]+\.$"
+)
 
 
 def test_same_seed_gives_identical_problems() -> None:

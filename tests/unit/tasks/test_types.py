@@ -99,7 +99,8 @@ def test_a_bad_jsonl_line_is_named_by_number(tmp_path: Path) -> None:
 def test_presets_are_named_and_get_harder() -> None:
     presets = [TaskConfig.preset(n) for n in ("tiny", "easy", "medium", "hard")]
     assert [c.name for c in presets] == ["tiny", "easy", "medium", "hard"]
-    assert set(PRESETS) == {"tiny", "easy", "medium", "hard"}
+    assert set(PRESETS) == {"tiny", "easy", "medium", "hard", "wide"}
+    assert TaskConfig.wide().family == "wide" and TaskConfig.tiny().family == "basic"
     assert [c.max_steps for c in presets] == sorted(c.max_steps for c in presets)
     assert [c.max_value for c in presets] == sorted(c.max_value for c in presets)
     assert TaskConfig.tiny().operations == ("+", "-", "*")
@@ -137,6 +138,9 @@ def test_a_recipe_can_start_from_a_preset_and_override_it() -> None:
         ({"max_steps": "3"}, "max_steps must be an integer"),
         ({"max_value": 5, "start_max": 20}, "max_value"),
         ({"n_templates": 0}, "n_templates must be at least 1"),
+        ({"family": "huge"}, "family must be one of"),
+        ({"part": "test"}, "part must be one of"),
+        ({"pronoun_prob": -0.1}, "pronoun_prob must be a probability"),
     ],
 )
 def test_bad_configs_raise_value_errors_naming_the_field(
