@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="all: policy -> rollouts -> orm -> sorm -> refiners -> reranker; or one stage",
     )
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--preset", help="a recipe under training/recipes (smoke, tiny); default tiny")
+    src.add_argument(
+        "--preset", help="a recipe under training/recipes (smoke, tiny, tiny-wide); default tiny"
+    )
     src.add_argument("--recipe", type=Path, help="a YAML recipe file (e.g. example-gsm8k.yaml)")
     parser.add_argument(
         "--out", type=Path, help="run directory (default runs/<preset or recipe name>)"

@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-val", type=int, default=200, help="validation questions for thresholds"
     )
+    parser.add_argument(
+        "--n-heldout",
+        type=int,
+        default=None,
+        help="questions per held-out part of the task generator (names and objects; "
+        "phrasings) for the generalisation section; default --n, 0 skips it",
+    )
     parser.add_argument("--k", type=int, default=8, help="continuations per step for V* labels")
     parser.add_argument(
         "--no-vstar", action="store_true", help="skip the V* rollouts (exact labels only)"
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         max_new_tokens=args.max_new_tokens,
         split=Split(args.split),
+        n_heldout=args.n_heldout,
     )
     paths = run_evaluation(options)
     print(f"report: {paths['md']}")

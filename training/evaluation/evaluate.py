@@ -29,7 +29,7 @@ from engines.reranker import default_reranker, run_rerankers
 from service.pipeline.types import Engines, PipelineConfig
 from service.settings import SERVING_FILE, ServingDefaults
 from training.evaluation.report import build_report, gate_threshold, sorm_threshold, write_report
-from training.evaluation.runner import METHODS, QuestionRecord, evaluate
+from training.evaluation.runner import METHODS, QuestionRecord, evaluate, greedy_correct
 from training.rollouts import count_successes, prefix_prompt
 from training.tasks import (
     Problem,
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # ever reads.
 EXTRA_TEST_STREAM = 1_000_003
 DEV_STREAM = 1_000_004
+# The held-out parts of the generator (names and objects, phrasings) have streams of their own.
+HELDOUT_STREAMS = {"heldout_names": 1_000_005, "heldout_templates": 1_000_006}
 EVALUATIONS_FILE = "evaluations.json"
 
 
@@ -69,6 +71,7 @@ class EvalOptions:
     concurrency: int = 32
     max_new_tokens: int = 160
     split: Split = Split.TEST
+    n_heldout: int | None = None  # questions per held-out part; None = n_test, 0 = skip
 
 
 # ------------------------------------------------------------------ problems
@@ -130,16 +133,35 @@ def fresh_split(question: str) -> Split:
     return Split.DEV if digest[0] & 1 else Split.TEST
 
 
-def _fresh_problems(run: Path, task: TaskConfig, n: int, split: Split) -> list[Problem]:
+def heldout_problems(run: Path, n: int, split: Split) -> dict[str, list[Problem] | str]:
+    """For each held-out part of the run's task generator (`TaskConfig.part`), `n` questions
+    from it for `split` (dev and test draw disjoint halves), or why there are none."""
+    task = _task(run)
+    out: dict[str, list[Problem] | str] = {}
+    for part, stream in HELDOUT_STREAMS.items():
+        if task is None:
+            out[part] = "the run did not train on the synthetic task"
+            continue
+        try:
+            out[part] = _fresh_problems(run, task.held_out(part), n, split, stream=stream)
+        except ValueError as e:  # e.g. a basic task that uses every template it has
+            out[part] = str(e)
+    return out
+
+
+def _fresh_problems(
+    run: Path, task: TaskConfig, n: int, split: Split, *, stream: int | None = None
+) -> list[Problem]:
     """`n` generated questions for `split`, none of which the run trained, validated or tested
-    on, from that split's stream and its half of the question space."""
+    on, from that split's stream (or `stream`) and its half of the question space."""
     seen = {
         canonical_question(p.question)
         for name in ("train", "val", "test")
         if (run / "data" / f"{name}.jsonl").exists()
         for p in load_problems(run / "data" / f"{name}.jsonl")
     }
-    stream = DEV_STREAM if split is Split.DEV else EXTRA_TEST_STREAM
+    if stream is None:
+        stream = DEV_STREAM if split is Split.DEV else EXTRA_TEST_STREAM
     out: list[Problem] = []
     index = 0
     while len(out) < n:
@@ -315,6 +337,17 @@ async def evaluate_run(
                 seed=options.seed + salt,
                 max_new_tokens=options.max_new_tokens,
             )
+    heldout: dict[str, list[bool] | str] | None = None
+    n_heldout = options.n_test if options.n_heldout is None else options.n_heldout
+    if n_heldout > 0 and options.data is None:
+        heldout = {}
+        for part, problems in heldout_problems(options.run, n_heldout, options.split).items():
+            if isinstance(problems, str):
+                heldout[part] = problems
+                continue
+            heldout[part] = await greedy_correct(
+                problems, engines, base, concurrency=options.concurrency, desc=part
+            )
     meta = {
         "run": str(options.run),
         "data": data_name,
@@ -335,6 +368,7 @@ async def evaluate_run(
         seed=options.seed,
         default=default,
         rerankers=run_rerankers(options.run),
+        heldout=heldout,
     )
     return report, test_records
 

@@ -414,6 +414,46 @@ def claims_section(where: dict[str, Any], how: dict[str, Any]) -> dict[str, Any]
     return claims
 
 
+# The issue's targets: greedy accuracy on a held-out part of the generator may fall at most
+# this far (in accuracy, 0.10 = 10 points) below in-distribution.
+GENERALISATION_TARGETS = {"heldout_names": 0.10, "heldout_templates": 0.20}
+GENERALISATION_LABELS = {
+    "in_distribution": "in-distribution (the evaluated split)",
+    "heldout_names": "held-out names and objects",
+    "heldout_templates": "held-out phrasing templates",
+}
+
+
+def generalisation_section(
+    in_distribution: Sequence[bool],
+    heldout: Mapping[str, Sequence[bool] | str],
+    seed: int,
+) -> dict[str, Any]:
+    """Greedy accuracy in distribution and on each held-out part, each part's gap to
+    in-distribution (points = accuracy difference) and whether the issue's target is met.
+
+    `heldout` maps a part to its per-question correctness, or to the reason it was not
+    measured (the task config has nothing left to hold out, or is not synthetic)."""
+    ind = _mean_ci([float(c) for c in in_distribution], seed)
+    out: dict[str, Any] = {"in_distribution": {"accuracy": ind, "n": len(in_distribution)}}
+    for part, target in GENERALISATION_TARGETS.items():
+        got = heldout.get(part, "not measured")
+        if isinstance(got, str) or not got:
+            out[part] = {"accuracy": None, "n": 0, "target_gap": target, "met": None,
+                         "note": got or "no questions"}  # fmt: skip
+            continue
+        acc = _mean_ci([float(c) for c in got], seed)
+        gap = ind["value"] - acc["value"]
+        out[part] = {
+            "accuracy": acc,
+            "n": len(got),
+            "gap": gap,
+            "target_gap": target,
+            "met": round(gap, 9) <= target,  # 0.8 - 0.7 is 0.10000000000000009 in floats
+        }
+    return out
+
+
 def build_report(
     val: Sequence[QuestionRecord],
     test: Sequence[QuestionRecord],
@@ -422,13 +462,20 @@ def build_report(
     seed: int = 0,
     default: Reranker = ORM_RERANKER,
     rerankers: Mapping[str, Reranker] | None = None,
+    heldout: Mapping[str, Sequence[bool] | str] | None = None,
 ) -> dict[str, Any]:
     """The whole report. `default` is the reranker the evaluated strategies used (the run's
-    choice); `rerankers` are the further ones measured beside it (the built-ins always are)."""
+    choice); `rerankers` are the further ones measured beside it (the built-ins always are).
+    `heldout`: greedy correctness on each held-out part of the generator (see
+    `generalisation_section`); None leaves the section out (null)."""
     if not test:
         raise ValueError("no test records to report on")
     where = where_section(val, test, seed)
     how = how_section(test, seed, default=default, rerankers=rerankers)
+    generalisation = None
+    if heldout is not None:
+        greedy = [r.methods["greedy"].correct for r in test]
+        generalisation = generalisation_section(greedy, heldout, seed)
     return {
         "version": REPORT_VERSION,
         "meta": meta,
@@ -437,6 +484,7 @@ def build_report(
         "when": when_section(test),
         "how": how,
         "claims": claims_section(where, how),
+        "generalisation": generalisation,
     }
 
 
@@ -609,9 +657,43 @@ def to_markdown(report: dict[str, Any]) -> str:
     for name, claim in report["claims"].items():
         verdict = "reproduces" if claim["reproduces"] else "does not reproduce"
         lines.append(f"- **{name}** ({verdict}): {claim['claim']} {claim['statement']}")
+    lines += _generalisation_markdown(report.get("generalisation"))
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name}.png)" for name in PLOTS]
     return "\n".join(lines) + "\n"
+
+
+def _generalisation_markdown(section: dict[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    lines = [
+        "",
+        "## Generalisation: held-out parts of the generator",
+        "",
+        "Greedy accuracy on questions built from parts of the task generator that training "
+        "never saw, beside the evaluated split's (targets: held-out names and objects within "
+        "10 points of in-distribution, held-out phrasings within 20).",
+        "",
+    ]
+    rows = []
+    for part, label in GENERALISATION_LABELS.items():
+        row = section.get(part) or {}
+        acc = row.get("accuracy")
+        if acc is None:
+            rows.append([label, "–", "–", "0", "–", f"not measured: {row.get('note', '')}"])
+            continue
+        lo, hi = acc["ci95"]
+        gap = "" if "gap" not in row else f"{_points(-row['gap'])}"
+        target = (
+            ""
+            if "target_gap" not in row
+            else f"≥ {_points(-row['target_gap'])}: " + ("met" if row["met"] else "missed")
+        )
+        rows.append([label, _pct(acc["value"]), f"{_pct(lo)}–{_pct(hi)}", str(row["n"]), gap,
+                     target])  # fmt: skip
+    lines += _table(["questions", "greedy accuracy", "95% CI", "n", "vs in-distribution",
+                     "target"], rows)  # fmt: skip
+    return lines
 
 
 def _reranker_markdown(how: dict[str, Any]) -> list[str]:

@@ -272,3 +272,29 @@ def oracle_outcomes(record: QuestionRecord) -> dict[str, Outcome]:
         "oracle_best_candidate": Outcome(best.answer, best.correct, glore.tokens, best.winner),
         "oracle_refine_when_wrong": gate,
     }
+
+
+async def greedy_correct(
+    problems: Sequence[Problem],
+    engines: Engines,
+    base: PipelineConfig,
+    *,
+    concurrency: int = 32,
+    desc: str = "greedy",
+) -> list[bool]:
+    """Whether the service's greedy strategy answers each problem right (the draft alone: no
+    reward model, no refinement), for the cheap generalisation splits."""
+    gate = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(problems), desc=desc, unit="q")
+
+    async def one(p: Problem) -> bool:
+        async with gate:
+            sol = await solve(p.question, engines, base, StrategyName.GREEDY)
+        bar.update(1)
+        steps = list(sol.winner.candidate.steps)
+        return bool(steps) and check_solution(p, steps).answer_correct
+
+    try:
+        return list(await asyncio.gather(*(one(p) for p in problems)))
+    finally:
+        bar.close()

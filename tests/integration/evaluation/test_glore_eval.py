@@ -69,7 +69,9 @@ def test_eval_writes_json_markdown_records_and_every_plot(report_dir: Path) -> N
 
 def test_eval_report_schema(report_dir: Path) -> None:
     report = json.loads((report_dir / "report.json").read_text())
-    assert set(report) == {"version", "meta", "paper_context", "where", "when", "how", "claims"}
+    assert set(report) == {
+        "version", "meta", "paper_context", "where", "when", "how", "claims", "generalisation",
+    }  # fmt: skip
     assert report["paper_context"] == PAPER_CONTEXT
     meta = report["meta"]
     # The smoke run keeps 16 test questions; the other 8 come from a stream it never trained on.
@@ -156,3 +158,22 @@ def test_dev_questions_are_disjoint_from_train_validation_and_every_test_questio
     assert len(dev_questions) == 60
     assert dev_questions.isdisjoint(canonical_question(p.question) for p in others)
     assert dev_problems(run_dir, 10) == dev[:10]  # a smaller dev split is a prefix
+
+
+def test_eval_reports_generalisation_to_held_out_names_and_templates(report_dir: Path) -> None:
+    report = json.loads((report_dir / "report.json").read_text())
+    section = report["generalisation"]
+    greedy = report["how"]["methods"]["greedy"]["accuracy"]["value"]
+    assert section["in_distribution"]["accuracy"]["value"] == greedy
+    assert section["in_distribution"]["n"] == 24
+    # The smoke run trains on the tiny task: 10 of 30 names, 6 of 16 objects, 3 of 4 templates,
+    # so both held-out parts exist and are measured on as many questions as the split.
+    for part, target in (("heldout_names", 0.10), ("heldout_templates", 0.20)):
+        row = section[part]
+        assert row["n"] == 24 and _is_prob(row["accuracy"]["value"])
+        assert row["target_gap"] == target
+        gap = greedy - row["accuracy"]["value"]
+        assert row["gap"] == pytest.approx(gap) and row["met"] is (round(gap, 9) <= target)
+    md = (report_dir / "report.md").read_text()
+    assert "## Generalisation: held-out parts of the generator" in md
+    assert "held-out names and objects" in md and "held-out phrasing templates" in md

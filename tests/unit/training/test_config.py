@@ -10,7 +10,7 @@ import pytest
 from training.config import ConfigError, load_config
 
 
-@pytest.mark.parametrize("preset", ["smoke", "tiny"])
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "tiny-wide"])
 def test_every_preset_resolves_and_builds_its_task(preset: str) -> None:
     from training.tasks import TaskConfig
 
