@@ -683,7 +683,7 @@ def _generalisation_markdown(section: dict[str, Any] | None) -> list[str]:
             rows.append([label, "–", "–", "0", "–", f"not measured: {row.get('note', '')}"])
             continue
         lo, hi = acc["ci95"]
-        gap = "" if "gap" not in row else f"{_points(-row['gap'])}"
+        gap = "" if "gap" not in row else _points(0.0 - row["gap"])
         target = (
             ""
             if "target_gap" not in row
