@@ -88,6 +88,14 @@ START_GROUPS = _t(
     ),
     ("{p} carries {n} {box} that hold {c} {obj} apiece.",),
 )
+# Groups, then an update ({x}: a predicate below) in the same sentence.
+START_GROUPS2 = _t(
+    (
+        "{p} has {n} {box} of {c} {obj} and {x}.",
+        "{p} buys {n} {box} of {c} {obj}, then {x}.",
+    ),
+    ("{p} gets {n} {box} of {c} {obj} and afterwards {x}.",),
+)
 # Predicates of the current person; a frame puts the subject in front.
 UPDATE: dict[Operation, Table] = {
     ADD: _t(
@@ -108,6 +116,7 @@ UPDATE: dict[Operation, Table] = {
     SUB: _t(
         (
             "gives away {k} {obj}",
+            "gives away {k}",
             "loses {k} {obj}",
             "sells {k} {obj}",
             "gives {k} of them to {r}",
@@ -223,6 +232,7 @@ ASK_TOTAL = _t(
 TABLES: dict[str, Table] = {
     "start": START,
     "start_groups": START_GROUPS,
+    "start_groups2": START_GROUPS2,
     **{f"update{op.value}": t for op, t in UPDATE.items()},
     "frame": FRAME,
     "frame2": FRAME2,
@@ -271,6 +281,7 @@ class _Builder:
         self.steps: list[_Step] = []
         self.last_subject = ""  # whom the last sentence was about, for pronouns
         self.last_named: set[str] = set()
+        self.ops = [Operation(o) for o in cfg.operations]
 
     # ---------------------------------------------------------------- helpers
 
@@ -338,9 +349,20 @@ class _Builder:
             if sizes and text is not None:
                 n, c = rng.choice(sizes)
                 box = rng.choice([b for b in CONTAINERS if b != self.obj])
-                sentence = text.format(p=who, n=n, box=box, c=c, obj=self.obj)
-                self.say(sentence, who, {who})
                 self.commit(who, STEP_NEW, MUL, n, c, n * c)
+                named = {who}
+                # "Ann has 3 boxes of 12 pencils and gives away 5": groups and an update at once.
+                joined = self.phrase(START_GROUPS2) if budget > 2 else None
+                if joined is not None and rng.random() < cfg.clause_prob:
+                    for op in rng.sample(self.ops, len(self.ops)):
+                        then = self.predicate(op)
+                        if then is not None:
+                            x, k, result, named2 = then
+                            self.commit(who, STEP_UPDATE, op, n * c, k, result)
+                            text, named = joined.replace("{x}", x), named | named2
+                            break
+                sentence = text.format(p=who, n=n, box=box, c=c, obj=self.obj)
+                self.say(sentence, who, named)
                 return True
         v = rng.randint(cfg.start_min, cfg.start_max)
         self.values[who] = v

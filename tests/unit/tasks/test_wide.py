@@ -98,6 +98,7 @@ def test_the_phrasings_people_use_all_occur(train: list) -> None:
     for words in (
         "twice as many", "double", "triples", "half", "in total", "altogether",
         " of them to ", " and then ", "Compared with", "fewer", " boxes of ", "bought",
+        "He bought ", "She bought ",
     ):  # fmt: skip
         assert words in text, words
 
@@ -129,7 +130,8 @@ def test_the_checker_catches_a_wrong_step_in_a_pronoun_question(train: list) -> 
 
 
 def test_two_steps_can_share_one_sentence(train: list) -> None:
-    shared = [p for p in train if " and then " in p.question or ", then " in p.question]
+    # After the opening (which may join groups and an update: see the next test).
+    shared = [p for p in train if re.search(r"( and|,) then ", p.question.split(". ", 1)[1])]
     assert len(shared) >= 100
     for p in shared:
         # One sentence, two updates of its subject: two consecutive "X now has" steps.
@@ -155,3 +157,16 @@ def test_the_basic_family_holds_out_the_words_past_its_bounds() -> None:
         assert names <= set(NAMES[: tiny.n_names])
     with pytest.raises(ValueError, match="none is left to hold out"):
         generate_problems(TaskConfig.easy().held_out("heldout_templates"), 1, seed=0)
+
+
+def test_groups_and_an_update_can_share_the_opening_sentence(train: list) -> None:
+    # The README's Deployment question has this shape: "Ann has 3 boxes of 12 pencils and
+    # gives away 5".
+    joined = [p for p in train if re.match(r"[A-Z][a-z]+ (has|buys) \d+ \w+ of \d+ \w+(,| and) ",
+                                           p.question)]  # fmt: skip
+    assert len(joined) >= 10
+    for p in joined:
+        who = p.question.split()[0]
+        assert p.steps[0].startswith(f"{who} has ") and p.step_ops[0] == "*"
+        assert p.steps[1].startswith(f"{who} now has ")
+        assert check_solution(p, p.solution).fully_correct
