@@ -18,6 +18,7 @@ from typing import Any
 
 from engines.base import (
     Completion,
+    ContextLengthError,
     EngineHealth,
     EngineLoadError,
     FinishReason,
@@ -292,7 +293,7 @@ class HFGenerator(_HFEngine):
         items = [likelihood_token_ids(self.tokenizer, r) for r in requests]
         for ids, _ in items:
             if len(ids) > self.max_positions:
-                raise ValueError(
+                raise ContextLengthError(
                     f"completion: prompt and completion have {len(ids)} tokens, the model takes "
                     f"{self.max_positions}"
                 )
@@ -328,7 +329,7 @@ class HFGenerator(_HFEngine):
         if not ids:
             raise ValueError("prompts: a prompt is empty")
         if len(ids) >= self.max_positions:
-            raise ValueError(
+            raise ContextLengthError(
                 f"prompts: a prompt has {len(ids)} tokens, the model takes {self.max_positions}"
             )
         return ids
@@ -495,7 +496,7 @@ class HFScorer(_HFEngine):
         for r in requests:
             ids = reward_token_ids(self.tokenizer, self.tag_id, r)
             if len(ids) > self.max_positions:
-                raise ValueError(
+                raise ContextLengthError(
                     f"steps: the solution has {len(ids)} tokens, the model takes "
                     f"{self.max_positions}"
                 )
