@@ -118,6 +118,15 @@ def likelihood_token_ids(tokenizer: Any, request: LikelihoodRequest) -> tuple[li
     return [*prompt, *completion, *eos], len(prompt)
 
 
+def _context(config: Any, max_model_len: int | None) -> int:
+    """The tokens a model takes: its position embeddings, or fewer when `max_model_len` says so
+    (vLLM's option of that name: a deployment may give a role a shorter context)."""
+    positions = int(getattr(config, "max_position_embeddings", 1 << 30))
+    if max_model_len is not None and max_model_len < 1:
+        raise ValueError(f"max_model_len must be >= 1, got {max_model_len}")
+    return min(positions, max_model_len or positions)
+
+
 def step_probs(logits: Any, ids: Sequence[int], tag_id: int) -> StepScores:
     """softmax(logits)[1] at every step-tag position; logits is [len(ids), 2]."""
     import torch
@@ -219,6 +228,7 @@ class HFGenerator(_HFEngine):
         name: str | None = None,
         lora_adapters: dict[str, str] | None = None,
         adapter: str | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         # Read by _load_model: the chosen LoRA adapter is merged into the weights once.
         self._adapter_path = _adapter_path(path, lora_adapters, adapter)
@@ -234,7 +244,7 @@ class HFGenerator(_HFEngine):
         self.adapter = adapter
         self.tokenizer.padding_side = "left"
         self.eos_ids = self._eos_ids()
-        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        self.max_positions = _context(self.model.config, max_model_len)
         # Reading log-probabilities is one forward pass per row: its own batcher, so a scoring
         # call never waits behind a long generation batch (and vice versa).
         self._reader: MicroBatcher[tuple[list[int], int], TokenLogprobs] = MicroBatcher(
@@ -471,6 +481,7 @@ class HFScorer(_HFEngine):
         max_batch_size: int = 64,
         batch_wait_ms: float = 5.0,
         name: str | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         super().__init__(
             path,
@@ -482,7 +493,7 @@ class HFScorer(_HFEngine):
             kind="scorer",
         )
         self.tag_id = step_tag_id(self.tokenizer, self.path)
-        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        self.max_positions = _context(self.model.config, max_model_len)
 
     def _load_model(self) -> Any:
         from transformers import AutoModelForTokenClassification
