@@ -166,9 +166,10 @@ class Solver:
             return []
         try:
             [reading] = await read_questions([question], tokenizer, profile.known(), policy)
-        except (EngineError, ValueError) as exc:
-            # A check that fails says nothing about the question; the answer still comes.
-            logger.warning("question check failed: %s", exc)
+        except Exception as exc:
+            # A check that fails says nothing about the question, and must not cost the answer
+            # (a question too long for the reading fails the draft anyway, with its own 422).
+            logger.warning("question check failed: %s", exc, exc_info=exc)
             return []
         return check(reading, profile)
 

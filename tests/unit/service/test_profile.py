@@ -126,3 +126,33 @@ def test_read_profile_is_none_without_a_file_and_names_a_broken_one(tmp_path: Pa
     (tmp_path / PROFILE_FILE).write_text(json.dumps({"known_words": []}))
     with pytest.raises(ValueError, match=PROFILE_FILE):
         read_profile(tmp_path)
+
+
+def test_the_app_warns_counts_and_answers_the_same_and_a_failed_check_costs_nothing(
+    tokenizer, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.support.fakes import make_engines
+
+    only_unseen = profile(max_tokens=100, mean_logprob=-10.0)  # the fake policy reads -5 a word
+    (tmp_path / PROFILE_FILE).write_text(only_unseen.model_dump_json())
+    odd = "Xochitl has 3 kumquats. How many kumquats?"
+    bodies = []
+    for tok in (tokenizer, None, "not a tokenizer"):
+        app = create_app(Settings(run_dir=tmp_path), make_engines())
+        app.state.glore.question_tokenizer = tok  # what the model loader sets from the policy
+        with TestClient(app) as client:
+            r = client.post("/solve", json={"question": odd})
+            assert r.status_code == 200, r.text
+            bodies.append(r.json())
+            metrics = client.get("/metrics").text
+        if tok is tokenizer:
+            assert [w["code"] for w in bodies[-1]["warnings"]] == ["unseen_words"]
+            assert 'glore_warnings_total{code="unseen_words"} 1.0' in metrics
+        else:  # no tokenizer, or a check that breaks: no warnings, the same answer
+            assert bodies[-1]["warnings"] == []
+    for key in ("answer", "solution", "winner", "candidates", "decision"):
+        assert bodies[0][key] == bodies[1][key] == bodies[2][key], key
