@@ -173,6 +173,11 @@ class EngineError(RuntimeError):
         super().__init__(f"{message} ({where})" if where else message)
 
 
+class ContextLengthError(ValueError):
+    """An input longer than the model's context. A ValueError (the request is at fault), and its
+    own type, so the pipeline can drop the one candidate that does not fit and go on."""
+
+
 class EngineLoadError(EngineError):
     """A checkpoint failed to load. The message names the role and the path."""
 

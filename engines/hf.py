@@ -18,6 +18,7 @@ from typing import Any
 
 from engines.base import (
     Completion,
+    ContextLengthError,
     EngineHealth,
     EngineLoadError,
     FinishReason,
@@ -115,6 +116,15 @@ def likelihood_token_ids(tokenizer: Any, request: LikelihoodRequest) -> tuple[li
         raise ValueError("prompt: a prompt is empty")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return [*prompt, *completion, *eos], len(prompt)
+
+
+def _context(config: Any, max_model_len: int | None) -> int:
+    """The tokens a model takes: its position embeddings, or fewer when `max_model_len` says so
+    (vLLM's option of that name: a deployment may give a role a shorter context)."""
+    positions = int(getattr(config, "max_position_embeddings", 1 << 30))
+    if max_model_len is not None and max_model_len < 1:
+        raise ValueError(f"max_model_len must be >= 1, got {max_model_len}")
+    return min(positions, max_model_len or positions)
 
 
 def step_probs(logits: Any, ids: Sequence[int], tag_id: int) -> StepScores:
@@ -218,6 +228,7 @@ class HFGenerator(_HFEngine):
         name: str | None = None,
         lora_adapters: dict[str, str] | None = None,
         adapter: str | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         # Read by _load_model: the chosen LoRA adapter is merged into the weights once.
         self._adapter_path = _adapter_path(path, lora_adapters, adapter)
@@ -233,7 +244,7 @@ class HFGenerator(_HFEngine):
         self.adapter = adapter
         self.tokenizer.padding_side = "left"
         self.eos_ids = self._eos_ids()
-        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        self.max_positions = _context(self.model.config, max_model_len)
         # Reading log-probabilities is one forward pass per row: its own batcher, so a scoring
         # call never waits behind a long generation batch (and vice versa).
         self._reader: MicroBatcher[tuple[list[int], int], TokenLogprobs] = MicroBatcher(
@@ -292,7 +303,7 @@ class HFGenerator(_HFEngine):
         items = [likelihood_token_ids(self.tokenizer, r) for r in requests]
         for ids, _ in items:
             if len(ids) > self.max_positions:
-                raise ValueError(
+                raise ContextLengthError(
                     f"completion: prompt and completion have {len(ids)} tokens, the model takes "
                     f"{self.max_positions}"
                 )
@@ -328,7 +339,7 @@ class HFGenerator(_HFEngine):
         if not ids:
             raise ValueError("prompts: a prompt is empty")
         if len(ids) >= self.max_positions:
-            raise ValueError(
+            raise ContextLengthError(
                 f"prompts: a prompt has {len(ids)} tokens, the model takes {self.max_positions}"
             )
         return ids
@@ -470,6 +481,7 @@ class HFScorer(_HFEngine):
         max_batch_size: int = 64,
         batch_wait_ms: float = 5.0,
         name: str | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         super().__init__(
             path,
@@ -481,7 +493,7 @@ class HFScorer(_HFEngine):
             kind="scorer",
         )
         self.tag_id = step_tag_id(self.tokenizer, self.path)
-        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        self.max_positions = _context(self.model.config, max_model_len)
 
     def _load_model(self) -> Any:
         from transformers import AutoModelForTokenClassification
@@ -495,7 +507,7 @@ class HFScorer(_HFEngine):
         for r in requests:
             ids = reward_token_ids(self.tokenizer, self.tag_id, r)
             if len(ids) > self.max_positions:
-                raise ValueError(
+                raise ContextLengthError(
                     f"steps: the solution has {len(ids)} tokens, the model takes "
                     f"{self.max_positions}"
                 )

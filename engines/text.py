@@ -133,6 +133,17 @@ def policy_prompt(question: str) -> str:
     return f"{_QUESTION}{clean_question(question)}{STEP_SEP}{_ANSWER}{STEP_SEP}"
 
 
+def question_in_prompt(question: str) -> tuple[str, str]:
+    """The policy prompt's head split before the question: (`Question:`, ` {question}`).
+
+    Read as a prompt and its completion, the second part is tokenised exactly as inside the
+    policy prompt (the split falls on a word boundary), so the policy's likelihood of those
+    tokens is its likelihood of the question as it meets it.
+    """
+    head = _QUESTION.rstrip(" ")
+    return head, _QUESTION[len(head) :] + clean_question(question)
+
+
 def global_refine_prompt(question: str, draft: str) -> str:
     """What the global refiner sees; its completion is a whole new solution."""
     draft_text = join_steps(split_steps(draft))

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from engines.base import (
     Completion,
+    ContextLengthError,
     EngineError,
     EngineHealth,
     EngineLoadError,
@@ -292,7 +293,7 @@ class _VLLMEngine:
 
     def _check_length(self, n_tokens: int, field: str) -> None:
         if n_tokens >= self.max_model_len:
-            raise ValueError(
+            raise ContextLengthError(
                 f"{field}: input has {n_tokens} tokens, max_model_len is {self.max_model_len}"
             )
 

@@ -131,6 +131,7 @@ async def chat_completions(
             completion_tokens=result.usage.completion_tokens,
             total_tokens=result.usage.completion_tokens,
         ),
+        warnings=result.warnings,
         glore=result,
     )
 

@@ -36,6 +36,7 @@ from service.middleware import (
     RequestContextMiddleware,
 )
 from service.pipeline import ServedEngines
+from service.profile import PROFILE_FILE, read_profile
 from service.settings import Settings, with_run_defaults
 from service.state import ServiceState
 
@@ -81,6 +82,19 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     # Also at once: an unknown or unreadable reranker is a configuration error.
     state.reranker = resolve_reranker(settings.defaults.reranker, settings.run_dir)
     logger.info("reranker: %s (from %s)", state.reranker.name, settings.defaults.reranker)
+    # Also at once: a profile that is there but unreadable is a configuration error.
+    state.profile = read_profile(settings.run_dir) if settings.run_dir is not None else None
+    if state.profile is None:
+        logger.warning(
+            "no question profile (%s in the run directory): serving without warnings; "
+            "`glore train profile --out RUN` writes one",
+            PROFILE_FILE,
+        )
+    else:
+        logger.info(
+            "question profile: warnings on %s",
+            ", ".join(f"{k}={v}" for k, v in state.profile.thresholds.model_dump().items()),
+        )
     state.idle.set()
 
     @contextlib.asynccontextmanager
@@ -150,6 +164,8 @@ async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
         from engines.registry import load_engines  # torch and friends: only when serving
 
         loaded = await asyncio.to_thread(load_engines, specs)
+        if state.profile is not None:
+            state.question_tokenizer = await asyncio.to_thread(_tokenizer, specs[Role.POLICY].path)
         state.engines = FaultInjector(loaded) if state.settings.debug_faults else loaded
     except Exception as exc:
         state.load_error = str(exc)
@@ -157,6 +173,12 @@ async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
         return
     logger.info("models loaded in %.1f s", time.perf_counter() - start)
     state.role_status()
+
+
+def _tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _add_error_handlers(app: FastAPI, state: ServiceState) -> None:

@@ -6,6 +6,8 @@ fixed label sets (never a request id or a question).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,6 +18,7 @@ from prometheus_client import (
 
 from engines.base import Role
 from service.pipeline import Solution
+from service.profile import WarningCode
 
 # Requests take from milliseconds (cheap routes) to minutes (a long refinement on a big model).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -69,6 +72,19 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self.dropped = Counter(
+            "glore_dropped_candidates_total",
+            "Candidates given up on because an input did not fit a model's context, by kind "
+            "(global, local, sample) and stage (refine, score, rerank).",
+            ["strategy", "kind", "stage"],
+            registry=r,
+        )
+        self.warnings = Counter(
+            "glore_warnings_total",
+            "Warnings that a question is beyond the models, by code.",
+            ["code"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "glore_in_flight_requests",
             "Solve requests admitted and not yet answered.",
@@ -88,6 +104,9 @@ class Metrics:
         )
         for role in Role:
             self.engine_ready.labels(role=role.value).set(0)
+        # Zero series from the start, so a rate() or an alert sees every code before it fires.
+        for code in WarningCode:
+            self.warnings.labels(code=code.value)
 
     def observe_solution(self, solution: Solution) -> None:
         strategy = solution.strategy.value
@@ -102,3 +121,9 @@ class Metrics:
         self.winners.labels(strategy=strategy, kind=solution.winner.candidate.kind.value).inc()
         for role, tokens in solution.tokens.items():
             self.generated_tokens.labels(role=role.value).inc(tokens)
+        for d in solution.dropped:
+            self.dropped.labels(strategy=strategy, kind=d.kind.value, stage=d.stage.value).inc()
+
+    def observe_warnings(self, codes: Iterable[str]) -> None:
+        for code in codes:
+            self.warnings.labels(code=code).inc()

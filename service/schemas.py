@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +20,7 @@ from service.pipeline import (
     Solution,
     StrategyName,
 )
+from service.profile import QuestionWarning
 from service.settings import DefaultSource
 
 _SOLVE_EXAMPLE: dict[str, Any] = {
@@ -89,6 +91,23 @@ class SolveRequest(Knobs):
     )
 
 
+class DroppedOut(BaseModel):
+    candidate: str = Field(description="Which candidate: global, local or sample_k.")
+    stage: str = Field(
+        description="Where it was given up: refine (its refinement prompt does not fit the "
+        "refiner's context), score (its reward-model input does not fit) or rerank (the "
+        "policy's reading of it for the reranker does not fit)."
+    )
+    message: str = Field(description="The model's refusal: how many tokens, how many it takes.")
+
+
+class WarningOut(BaseModel):
+    code: str = Field(
+        description="unseen_words, longer_than_training or unlikely_question (see the README)."
+    )
+    message: str
+
+
 class Decision(BaseModel):
     action: Action = Field(description="keep the draft, or refine it.")
     reason: Reason
@@ -103,6 +122,11 @@ class Decision(BaseModel):
         description="Where the local critique went: the first flagged step, or, when none is "
         "flagged and local_when_unflagged is lowest, the draft step with the lowest SORM score; "
         "null when nothing was refined locally."
+    )
+    dropped: list[DroppedOut] = Field(
+        default_factory=list,
+        description="Candidates given up on because an input did not fit a model's context; "
+        "the solve went on without them (a question whose draft prompt does not fit is a 422).",
     )
 
 
@@ -235,6 +259,12 @@ class SolveResponse(BaseModel):
     )
     timings: dict[str, float] = Field(description="Seconds per stage, and in total.")
     usage: Usage
+    warnings: list[WarningOut] = Field(
+        default_factory=list,
+        description="Signs that the question is beyond what the models were trained on, "
+        "measured against the run's question profile (thresholds chosen on validation). They "
+        "never change the answer; they say not to trust it. Empty when the run has no profile.",
+    )
 
     @classmethod
     def from_solution(
@@ -245,6 +275,7 @@ class SolveResponse(BaseModel):
         request_id: str,
         include_trace: bool,
         total_s: float,
+        warnings: Sequence[QuestionWarning] = (),
     ) -> SolveResponse:
         winner = solution.winner.candidate
         draft = solution.draft
@@ -272,6 +303,10 @@ class SolveResponse(BaseModel):
                 local_when_unflagged=cfg.local_when_unflagged,
                 first_flagged_step=solution.plan.first_flagged_step,
                 local_target_step=local_target,
+                dropped=[
+                    DroppedOut(candidate=d.label, stage=d.stage.value, message=d.message)
+                    for d in solution.dropped
+                ],
             ),
             reranker=cfg.reranker.name
             if any(s.rank_score is not None for s in solution.candidates)
@@ -283,6 +318,7 @@ class SolveResponse(BaseModel):
                 completion_tokens=solution.total_tokens,
                 by_role={k.value: v for k, v in solution.tokens.items()},
             ),
+            warnings=[WarningOut(code=w.code.value, message=w.message) for w in warnings],
         )
 
 
@@ -388,6 +424,11 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: ChatUsage
+    warnings: list[WarningOut] = Field(
+        default_factory=list,
+        description="glore's extra field: the /solve response's `warnings` (signs that the "
+        "question is beyond the models; the answer is unchanged by them).",
+    )
     glore: SolveResponse = Field(description="The full /solve response behind this answer.")
 
 

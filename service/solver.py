@@ -9,11 +9,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from engines.base import EngineError
+from engines.base import EngineError, Generator
 from engines.text import TextContractError, clean_question
 from service.errors import ErrorCode, ServiceError, field_error
 from service.logs import request_id_var
-from service.pipeline import PipelineConfig, StrategyName, solve
+from service.pipeline import Engines, PipelineConfig, Solution, StrategyName, solve
+from service.profile import QuestionWarning, check, read_questions
 from service.schemas import Knobs, SolveResponse
 from service.state import ServiceState
 
@@ -86,7 +87,7 @@ class Solver:
         limit = min(self.state.settings.limits.request_timeout_s, timeout_s or math.inf)
         logger.debug("solving", extra={"question": question, "strategy": strategy.value})
         start = time.perf_counter()
-        work = asyncio.create_task(solve(question, engines, cfg, strategy))
+        work = asyncio.create_task(self._solve_and_check(question, engines, cfg, strategy))
         watcher = asyncio.create_task(_wait_for_disconnect(is_disconnected))
         try:
             done, _ = await asyncio.wait(
@@ -107,7 +108,7 @@ class Solver:
                 ErrorCode.TIMEOUT, f"the solve did not finish within {limit:g} s; it was cancelled"
             )
         try:
-            solution = work.result()
+            solution, warnings = work.result()
         except EngineError as exc:
             logger.error("engine failed: %s", exc, exc_info=exc)
             raise self._engine_failure(exc) from None
@@ -122,6 +123,7 @@ class Solver:
             ) from None
         total = time.perf_counter() - start
         self.state.metrics.observe_solution(solution)
+        self.state.metrics.observe_warnings(w.code.value for w in warnings)
         logger.info(
             "solved",
             extra={
@@ -129,6 +131,8 @@ class Solver:
                 "winner": solution.winner.candidate.label,
                 "decision": solution.plan.action.value,
                 "tokens": solution.total_tokens,
+                "warnings": [w.code.value for w in warnings],
+                "dropped": [f"{d.label}@{d.stage.value}" for d in solution.dropped],
                 "duration_ms": round(total * 1000, 1),
             },
         )
@@ -138,7 +142,36 @@ class Solver:
             request_id=request_id_var.get(),
             include_trace=include_trace,
             total_s=total,
+            warnings=warnings,
         )
+
+    async def _solve_and_check(
+        self, question: str, engines: Engines, cfg: PipelineConfig, strategy: StrategyName
+    ) -> tuple[Solution, list[QuestionWarning]]:
+        """The solve, and beside it the question checked against the run's profile. The check
+        reads the question only: it cannot change the answer."""
+        check = asyncio.create_task(self._warnings(question, engines.policy))
+        try:
+            solution = await solve(question, engines, cfg, strategy)
+        except BaseException:
+            check.cancel()
+            with contextlib.suppress(BaseException):
+                await check
+            raise
+        return solution, await check
+
+    async def _warnings(self, question: str, policy: Generator) -> list[QuestionWarning]:
+        profile, tokenizer = self.state.profile, self.state.question_tokenizer
+        if profile is None or tokenizer is None:
+            return []
+        try:
+            [reading] = await read_questions([question], tokenizer, profile.known(), policy)
+        except Exception as exc:
+            # A check that fails says nothing about the question, and must not cost the answer
+            # (a question too long for the reading fails the draft anyway, with its own 422).
+            logger.warning("question check failed: %s", exc, exc_info=exc)
+            return []
+        return check(reading, profile)
 
     def _engine_failure(self, exc: EngineError) -> ServiceError:
         """503 when a model is now dead (this replica cannot serve: /ready says so too), 502

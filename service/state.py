@@ -17,6 +17,7 @@ from service.errors import STATUS, ErrorCode, ErrorDetail, ServiceError, error_b
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.pipeline import ServedEngines
+from service.profile import QuestionProfile
 from service.settings import DefaultSource, Settings
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class ServiceState:
     route_paths: frozenset[str] = frozenset()
     # Which source set each default threshold (settings, the run's serving.json, built-in).
     default_sources: dict[str, DefaultSource] = field(default_factory=dict)
+    # The run's question profile (None: no warnings) and the policy's tokenizer it reads with.
+    profile: QuestionProfile | None = None
+    question_tokenizer: Any = None
 
     def role_status(self) -> dict[Role, tuple[bool, str]]:
         """Each role's health: loading, failed to load, or what its engine says."""

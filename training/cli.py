@@ -1,4 +1,5 @@
-"""`glore train all|policy|rollouts|orm|sorm|refiners|reranker`: the pipeline, or one stage.
+"""`glore train all|policy|rollouts|orm|sorm|refiners|reranker|profile`: the pipeline, or one
+stage.
 
 Only stdlib at the top: torch and transformers load inside `run()`, so `glore --help` is fast.
 """
@@ -10,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-STAGES = ("all", "policy", "rollouts", "orm", "sorm", "refiners", "reranker")
+STAGES = ("all", "policy", "rollouts", "orm", "sorm", "refiners", "reranker", "profile")
 
 
 class _TrainParser(argparse.ArgumentParser):
@@ -34,11 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "stage",
         choices=STAGES,
-        help="all: policy -> rollouts -> orm -> sorm -> refiners -> reranker; or one stage",
+        help="all: policy -> rollouts -> orm -> sorm -> refiners -> reranker -> profile; or one "
+        "stage (profile also runs alone on a finished run: `glore train profile --out RUN`)",
     )
     src = parser.add_mutually_exclusive_group()
     src.add_argument(
-        "--preset", help="a recipe under training/recipes (smoke, tiny, tiny-wide); default tiny"
+        "--preset",
+        help="a recipe under training/recipes (smoke, tiny, tiny-wide); default: the recipe of "
+        "an existing "
+        "--out run, else tiny",
     )
     src.add_argument("--recipe", type=Path, help="a YAML recipe file (e.g. example-gsm8k.yaml)")
     parser.add_argument(
@@ -59,12 +64,17 @@ def run(args: argparse.Namespace) -> int:
     from training.config import ConfigError, load_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    recipe = args.recipe
+    if recipe is None and args.preset is None and args.out and (args.out / "recipe.yaml").is_file():
+        # An existing run goes on with its own recipe: `glore train profile --out RUN` adds a
+        # stage to a finished run without retraining anything.
+        recipe = args.out / "recipe.yaml"
     try:
-        cfg = load_config(preset=args.preset, recipe=args.recipe, overrides=list(args.overrides))
+        cfg = load_config(preset=args.preset, recipe=recipe, overrides=list(args.overrides))
     except ConfigError as exc:
         print(f"glore train: {exc}", file=sys.stderr)
         return 2
-    name = args.preset or (args.recipe.stem if args.recipe else "tiny")
+    name = args.preset or (recipe.stem if recipe else "tiny")
     out: Path = args.out or Path("runs") / name
     if cfg.name == "run":
         cfg.name = out.name

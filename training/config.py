@@ -205,6 +205,26 @@ class RerankerConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """The question profile (training.profile): where the service starts warning."""
+
+    false_alarm_rate: float = field(
+        default=0.01,
+        metadata={"help": "share of validation questions each threshold may flag (chosen there)"},
+    )
+    min_unseen_share: float = field(
+        default=0.1,
+        metadata={"help": "never warn of unseen words below this share of a question's tokens"},
+    )
+    train_questions: int = field(
+        default=1000,
+        metadata={"help": "training questions whose likelihood is recorded (0 = all)"},
+    )
+    backend: str = field(default="hf", metadata={"help": "engine backend reading the policy"})
+    max_batch_size: int = field(default=64, metadata={"help": "rows per forward pass"})
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -218,6 +238,7 @@ class RunConfig:
     sorm: RewardConfig = field(default_factory=RewardConfig)
     refiners: RefinerConfig = field(default_factory=RefinerConfig)
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

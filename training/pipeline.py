@@ -1,5 +1,5 @@
-"""The training pipeline: policy -> rollouts -> ORM -> SORM -> refiners -> reranker, into one run
-directory.
+"""The training pipeline: policy -> rollouts -> ORM -> SORM -> refiners -> reranker -> profile,
+into one run directory.
 
 Every stage reads its inputs from the run directory and writes its outputs there, so each one
 runs alone, a rerun skips finished stages, and `manifest.json` records what happened.
@@ -37,7 +37,8 @@ class Stage(StrEnum):
     ORM = "orm"
     SORM = "sorm"
     REFINERS = "refiners"
-    RERANKER = "reranker"  # last: seeds come from the enum's order
+    RERANKER = "reranker"
+    PROFILE = "profile"  # last: seeds come from the enum's order (append new stages after it)
 
 
 # Which config sections each stage's output depends on (its own and everything upstream).
@@ -53,9 +54,11 @@ INPUTS: dict[Stage, tuple[str, ...]] = {
     Stage.RERANKER: (
         "seed", "data", "model", "policy", "expert_iteration", "rollouts", "orm", "reranker",
     ),
+    Stage.PROFILE: ("seed", "data", "model", "policy", "expert_iteration", "profile"),
 }  # fmt: skip
 ALL_STAGES = (
     Stage.POLICY, Stage.ROLLOUTS, Stage.ORM, Stage.SORM, Stage.REFINERS, Stage.RERANKER,
+    Stage.PROFILE,
 )  # fmt: skip
 # Per-stage seed offsets: every stage draws from its own stream.
 SEED_OFFSET = {s: i * 1000 for i, s in enumerate(Stage)}
@@ -92,6 +95,7 @@ UPSTREAM: dict[Stage, tuple[Stage, ...]] = {
     Stage.SORM: (Stage.ROLLOUTS,),
     Stage.REFINERS: (Stage.ROLLOUTS, Stage.ORM),  # the global refiner reads the ORM's drafts
     Stage.RERANKER: (Stage.POLICY, Stage.ROLLOUTS, Stage.ORM),
+    Stage.PROFILE: (Stage.DATA, Stage.POLICY),
 }
 
 
@@ -624,6 +628,41 @@ def stage_reranker(run: Run) -> dict[str, Any]:
     return out
 
 
+def stage_profile(run: Run) -> dict[str, Any]:
+    """The question profile (training.profile): the training questions' words and longest
+    length, and the policy's likelihood thresholds chosen on validation. `glore serve` warns
+    with it; it needs only the data and the policy, so it runs on any finished run."""
+    from training.profile import build_profile, save_profile
+
+    policy = run.require(Role.POLICY)
+    out: dict[str, Any] = {}
+    if run.acc.is_main_process:
+        profile = build_profile(
+            run.problems("train"),
+            run.problems("val"),
+            policy,
+            run.tokenizer(),
+            run.cfg.profile,
+            run.seed(Stage.PROFILE),
+        )
+        path = save_profile(profile, run.out)
+        out = {
+            "counts": {
+                "known_words": len(profile.known_words),
+                "val_questions": profile.stats["warned"]["val"]["questions"],
+            },
+            "metrics": {
+                "thresholds": profile.thresholds.model_dump(),
+                "false_alarm_rate": profile.false_alarm_rate,
+                "warned": profile.stats["warned"],
+                "mean_logprob": profile.stats["mean_logprob"],
+            },
+            "hashes": {"profile": file_hash(path)},
+        }
+    run.acc.wait_for_everyone()
+    return out
+
+
 def _ckpt_hash(path: Path) -> str:
     return dir_hash(path, "*.safetensors")
 
@@ -645,6 +684,7 @@ STAGE_FUNCS: dict[Stage, Callable[[Run], dict[str, Any]]] = {
     Stage.SORM: stage_sorm,
     Stage.REFINERS: stage_refiners,
     Stage.RERANKER: stage_reranker,
+    Stage.PROFILE: stage_profile,
 }
 
 
@@ -655,6 +695,10 @@ def _outputs_exist(run: Run, stage: Stage) -> bool:
         return (run.rollouts_dir / "heldout.jsonl").exists()
     if stage is Stage.RERANKER:
         return (run.out / "reranker" / "default.json").exists()
+    if stage is Stage.PROFILE:
+        from service.profile import PROFILE_FILE
+
+        return (run.out / PROFILE_FILE).exists()
     roles = {
         Stage.POLICY: [Role.POLICY],
         Stage.ORM: [Role.ORM],
@@ -767,6 +811,7 @@ def _summary(stages: dict[str, Any]) -> dict[str, Any]:
             "refiners", "metrics", "refine_local", "heldout", "keep_rate"
         ),
         "reranker_default": get("reranker", "metrics", "default"),
+        "profile_thresholds": get("profile", "metrics", "thresholds"),
         "reranker_heldout_pairwise": {
             name: row.get("pairwise")
             for name, row in (get("reranker", "metrics", "heldout_pairwise") or {}).items()

@@ -6,10 +6,19 @@ import asyncio
 from collections.abc import Collection, Coroutine
 from typing import Any
 
-from engines.base import Generator, Role
+from engines.base import ContextLengthError, Generator, Role
 from engines.text import global_refine_prompt, local_refine_prompt
 from service.pipeline.draft import sampling, to_candidate
-from service.pipeline.types import Action, Candidate, CandidateKind, Engines, PipelineConfig, Plan
+from service.pipeline.types import (
+    Action,
+    Candidate,
+    CandidateKind,
+    Dropped,
+    Engines,
+    PipelineConfig,
+    Plan,
+    Stage,
+)
 
 
 async def refine_global(
@@ -33,6 +42,15 @@ async def refine_local(
     )
 
 
+async def _or_dropped(
+    kind: CandidateKind, job: Coroutine[Any, Any, Candidate]
+) -> Candidate | Dropped:
+    try:
+        return await job
+    except ContextLengthError as exc:
+        return Dropped(kind, kind.value, Stage.REFINE, str(exc))
+
+
 async def refine(
     question: str,
     draft: Candidate,
@@ -40,16 +58,23 @@ async def refine(
     engines: Engines,
     cfg: PipelineConfig,
     kinds: Collection[CandidateKind] = (CandidateKind.GLOBAL, CandidateKind.LOCAL),
-) -> list[Candidate]:
-    """The refinements the plan calls for, generated concurrently (global first in the result).
+) -> tuple[list[Candidate], list[Dropped]]:
+    """The refinements the plan calls for, generated concurrently (global first in the result),
+    and those dropped because their prompt does not fit the refiner's context.
 
     Local refinement needs a step to mark, so it is skipped for a draft without steps.
     """
     if plan.action is not Action.REFINE:
-        return []
-    jobs: list[Coroutine[Any, Any, Candidate]] = []
+        return [], []
+    jobs: list[Coroutine[Any, Any, Candidate | Dropped]] = []
     if CandidateKind.GLOBAL in kinds:
-        jobs.append(refine_global(question, draft, engines.refine_global, cfg))
+        job = refine_global(question, draft, engines.refine_global, cfg)
+        jobs.append(_or_dropped(CandidateKind.GLOBAL, job))
     if CandidateKind.LOCAL in kinds and plan.local_target is not None:
-        jobs.append(refine_local(question, draft, plan.local_target, engines.refine_local, cfg))
-    return list(await asyncio.gather(*jobs))
+        job = refine_local(question, draft, plan.local_target, engines.refine_local, cfg)
+        jobs.append(_or_dropped(CandidateKind.LOCAL, job))
+    done = await asyncio.gather(*jobs)
+    return (
+        [c for c in done if isinstance(c, Candidate)],
+        [d for d in done if isinstance(d, Dropped)],
+    )

@@ -7,15 +7,16 @@ read here, in one batched call to the policy, only when the reranker needs them.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import replace
 
-from engines.base import Generator, LikelihoodRequest, Scorer
+from engines.base import ContextLengthError, Generator, LikelihoodRequest, Scorer, TokenLogprobs
 from engines.reranker import ORM_RERANKER, Reranker
 from engines.text import join_steps, policy_prompt
-from service.pipeline.score import score
-from service.pipeline.types import Candidate, Scored
+from service.pipeline.score import drop_too_long, score, unscored
+from service.pipeline.types import Candidate, CandidateKind, Dropped, Scored, Stage
 
 
 async def rank(
@@ -25,15 +26,61 @@ async def rank(
     todo = [
         i
         for i, s in enumerate(scored)
-        if reranker.needs_logprobs and s.candidate.steps and s.logprobs is None
+        if reranker.needs_logprobs and s.candidate.steps and s.logprobs is None and not s.unread
     ]
     out = list(scored)
     if todo:
         prompt = policy_prompt(question)
         requests = [LikelihoodRequest(prompt, join_steps(scored[i].candidate.steps)) for i in todo]
-        for i, read in zip(todo, await policy.logprobs(requests), strict=True):
-            out[i] = replace(out[i], logprobs=read)
-    return [replace(s, rank_score=reranker.score(s.readings)) for s in out]
+        for i, read in zip(todo, await _read_all(policy, requests), strict=True):
+            if isinstance(read, ContextLengthError):
+                out[i] = replace(out[i], too_long=str(read))
+            else:
+                out[i] = replace(out[i], logprobs=read)
+    return [
+        s
+        if s.too_long is not None or s.unread
+        else replace(s, rank_score=reranker.score(s.readings))
+        for s in out
+    ]
+
+
+async def _read_one(
+    policy: Generator, request: LikelihoodRequest
+) -> TokenLogprobs | ContextLengthError:
+    try:
+        [read] = await policy.logprobs([request])
+    except ContextLengthError as exc:
+        return exc
+    return read
+
+
+async def _read_all(
+    policy: Generator, requests: list[LikelihoodRequest]
+) -> Sequence[TokenLogprobs | ContextLengthError]:
+    try:
+        return await policy.logprobs(requests)
+    except ContextLengthError:
+        # One does not fit: read them one by one so the others still count (the engine's
+        # micro-batcher merges the calls into one forward pass again).
+        return await asyncio.gather(*(_read_one(policy, r) for r in requests))
+
+
+def keep_readable(scored: Sequence[Scored], stage: Stage) -> tuple[list[Scored], list[Dropped]]:
+    """Drop the candidates a model could not read (`too_long`), at `stage`. The draft, the
+    answer of last resort, is kept instead, unscored and ranked last; so is the first candidate
+    when every one is unreadable and none is a draft (best-of-n's samples)."""
+    unreadable = [s for s in scored if s.too_long is not None]
+    keep = next((s for s in unreadable if s.candidate.kind is CandidateKind.DRAFT), None)
+    if keep is None and len(unreadable) == len(scored) and scored:
+        keep = scored[0]
+    kept = [unscored(s) if s is keep else s for s in scored if s.too_long is None or s is keep]
+    dropped = [
+        Dropped(s.candidate.kind, s.candidate.label, stage, s.too_long)
+        for s in unreadable
+        if s is not keep and s.too_long is not None
+    ]
+    return kept, dropped
 
 
 def _rank_key(s: Scored) -> float:
@@ -57,9 +104,12 @@ async def rerank(
     orm: Scorer,
     policy: Generator,
     reranker: Reranker = ORM_RERANKER,
-) -> tuple[Scored, list[Scored]]:
-    """Score the `new` candidates with the ORM (one call), rank all of them, pick the best."""
-    everything = await rank(
-        question, [*scored, *(await score(question, new, orm))], policy, reranker
+) -> tuple[Scored, list[Scored], list[Dropped]]:
+    """Score the `new` candidates with the ORM (one call), rank all of them, pick the best.
+    Candidates a model cannot read (too long for its context) are dropped; the draft stays,
+    ranked last."""
+    fresh, dropped = drop_too_long(await score(question, new, orm), Stage.SCORE)
+    everything, unread = keep_readable(
+        await rank(question, [*scored, *fresh], policy, reranker), Stage.RERANK
     )
-    return pick(everything), everything
+    return pick(everything), everything, [*dropped, *unread]

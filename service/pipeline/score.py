@@ -3,19 +3,50 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
+from dataclasses import replace
 
-from engines.base import Scorer, ScoreRequest, StepScores
-from service.pipeline.types import Candidate, Scored
+from engines.base import ContextLengthError, Scorer, ScoreRequest, StepScores
+from service.pipeline.types import Candidate, Dropped, Scored, Stage
+
+
+async def _one(scorer: Scorer, request: ScoreRequest) -> StepScores | ContextLengthError:
+    try:
+        [scores] = await scorer.score([request])
+    except ContextLengthError as exc:
+        return exc
+    return scores
 
 
 async def _score_all(
     question: str, candidates: Sequence[Candidate], scorer: Scorer
-) -> list[StepScores | None]:
-    # A candidate without steps states nothing a reward model could read: it stays unscored.
-    requests = [ScoreRequest(question, c.steps) for c in candidates if c.steps]
-    results = iter(await scorer.score(requests)) if requests else iter(())
-    return [next(results) if c.steps else None for c in candidates]
+) -> list[StepScores | ContextLengthError | None]:
+    """Each candidate's reading; None for one without steps (it states nothing a reward model
+    could read), the engine's ContextLengthError for one whose input does not fit."""
+    todo = [i for i, c in enumerate(candidates) if c.steps]
+    requests = [ScoreRequest(question, candidates[i].steps) for i in todo]
+    out: list[StepScores | ContextLengthError | None] = [None] * len(candidates)
+    if not requests:
+        return out
+    results: Sequence[StepScores | ContextLengthError]
+    try:
+        results = await scorer.score(requests)
+    except ContextLengthError:
+        # One of them does not fit: ask again one by one, so the others still get read (the
+        # engine's micro-batcher merges the calls into one forward pass again).
+        results = await asyncio.gather(*(_one(scorer, r) for r in requests))
+    for i, result in zip(todo, results, strict=True):
+        out[i] = result
+    return out
+
+
+def _reading(result: StepScores | ContextLengthError | None) -> StepScores | None:
+    return result if isinstance(result, StepScores) else None
+
+
+def _too_long(*results: StepScores | ContextLengthError | None) -> str | None:
+    return next((str(r) for r in results if isinstance(r, ContextLengthError)), None)
 
 
 async def score(
@@ -24,11 +55,36 @@ async def score(
     orm: Scorer,
     sorm: Scorer | None = None,
 ) -> list[Scored]:
-    """ORM (and, when given, SORM) readings of every candidate; the two models run concurrently."""
+    """ORM (and, when given, SORM) readings of every candidate; the two models run concurrently.
+    A candidate a model cannot read (too long for its context) has `too_long` set."""
     if sorm is None:
         orm_scores = await _score_all(question, candidates, orm)
-        return [Scored(c, o) for c, o in zip(candidates, orm_scores, strict=True)]
+        return [
+            Scored(c, _reading(o), too_long=_too_long(o))
+            for c, o in zip(candidates, orm_scores, strict=True)
+        ]
     orm_scores, sorm_scores = await asyncio.gather(
         _score_all(question, candidates, orm), _score_all(question, candidates, sorm)
     )
-    return [Scored(c, o, s) for c, o, s in zip(candidates, orm_scores, sorm_scores, strict=True)]
+    return [
+        Scored(c, _reading(o), _reading(s), too_long=_too_long(o, s))
+        for c, o, s in zip(candidates, orm_scores, sorm_scores, strict=True)
+    ]
+
+
+def drop_too_long(scored: Sequence[Scored], stage: Stage) -> tuple[list[Scored], list[Dropped]]:
+    """The candidates every model could read, and the others as dropped (at `stage`)."""
+    kept = [s for s in scored if s.too_long is None]
+    dropped = [
+        Dropped(s.candidate.kind, s.candidate.label, stage, s.too_long)
+        for s in scored
+        if s.too_long is not None
+    ]
+    return kept, dropped
+
+
+def unscored(scored: Scored) -> Scored:
+    """A candidate kept although a model could not read it: no readings at all, ranked last."""
+    return replace(
+        scored, orm=None, sorm=None, logprobs=None, rank_score=-math.inf, too_long=None, unread=True
+    )

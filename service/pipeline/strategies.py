@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 
 from engines.base import Role
 from service.pipeline.decide import decide
 from service.pipeline.draft import draft_solution, sample_solutions
 from service.pipeline.refine import refine
-from service.pipeline.rerank import pick, rank, rerank
-from service.pipeline.score import score
+from service.pipeline.rerank import keep_readable, pick, rank, rerank
+from service.pipeline.score import score, unscored
 from service.pipeline.types import (
     Action,
     Candidate,
     CandidateKind,
+    Dropped,
     Engines,
     PipelineConfig,
     Plan,
@@ -74,7 +76,9 @@ async def greedy(question: str, engines: Engines, cfg: PipelineConfig) -> Soluti
     with timed(timings, Stage.DRAFT):
         draft = await draft_solution(question, engines.policy, cfg)
     with timed(timings, Stage.SCORE):
-        scored = await score(question, [draft], engines.orm)
+        [read] = await score(question, [draft], engines.orm)
+    # The ORM's score is only reported: a draft it cannot read is served unscored.
+    scored = [read if read.too_long is None else unscored(read)]
     solution = Solution(
         StrategyName.GREEDY, scored[0], scored, Plan(Action.KEEP, Reason.NO_REFINEMENT), timings
     )
@@ -89,12 +93,19 @@ async def best_of_n(question: str, engines: Engines, cfg: PipelineConfig) -> Sol
     with timed(timings, Stage.SAMPLE):
         samples = await sample_solutions(question, engines.policy, cfg)
     with timed(timings, Stage.RERANK):
-        scored = await rank(
-            question, await score(question, samples, engines.orm), engines.policy, cfg.reranker
+        # A sample too long for a model's context is dropped (the first stays if all are).
+        readable, dropped = keep_readable(await score(question, samples, engines.orm), Stage.SCORE)
+        scored, unread = keep_readable(
+            await rank(question, readable, engines.policy, cfg.reranker), Stage.RERANK
         )
         winner = pick(scored)
     solution = Solution(
-        StrategyName.BEST_OF_N, winner, scored, Plan(Action.KEEP, Reason.NO_REFINEMENT), timings
+        StrategyName.BEST_OF_N,
+        winner,
+        scored,
+        Plan(Action.KEEP, Reason.NO_REFINEMENT),
+        timings,
+        dropped=[*dropped, *unread],
     )
     count_tokens(solution.tokens, samples)
     return solution
@@ -151,16 +162,31 @@ async def _draft_and_refine(
     with timed(timings, Stage.DRAFT):
         draft = await draft_solution(question, engines.policy, cfg)
     with timed(timings, Stage.SCORE):
-        scored_draft = await score(question, [draft], engines.orm, sorm)
+        [read] = await score(question, [draft], engines.orm, sorm)
+    if read.orm is None and read.too_long is not None:
+        # Nothing can judge this draft, and a refinement prompt (which holds it) would not fit
+        # either: it is served as it is, unscored, and the decision says why.
+        plan = Plan(Action.KEEP, Reason.DRAFT_TOO_LONG)
+        solution = Solution(name, unscored(read), [unscored(read)], plan, timings)
+        count_tokens(solution.tokens, [draft])
+        return solution
+    # Here the ORM has read the draft; `too_long` can only say that the SORM could not.
+    sorm_refused, read = read.too_long, replace(read, too_long=None)
+    dropped: list[Dropped] = []
     with timed(timings, Stage.DECIDE):
-        plan = decide(scored_draft[0], cfg)
+        plan = decide(read, cfg)
+    if sorm_refused and plan.action is Action.REFINE and CandidateKind.LOCAL in kinds:
+        # No SORM reading, no step to place the critique at: the local refinement is lost.
+        dropped.append(Dropped(CandidateKind.LOCAL, "local", Stage.SCORE, sorm_refused))
     with timed(timings, Stage.REFINE):
-        refinements = await refine(question, draft, plan, engines, cfg, kinds)
+        refinements, not_refined = await refine(question, draft, plan, engines, cfg, kinds)
     with timed(timings, Stage.RERANK):
-        winner, candidates = await rerank(
-            question, scored_draft, refinements, engines.orm, engines.policy, cfg.reranker
+        winner, candidates, not_ranked = await rerank(
+            question, [read], refinements, engines.orm, engines.policy, cfg.reranker
         )
-    solution = Solution(name, winner, candidates, plan, timings)
+    solution = Solution(
+        name, winner, candidates, plan, timings, dropped=[*dropped, *not_refined, *not_ranked]
+    )
     count_tokens(solution.tokens, [draft, *refinements])
     return solution
 

@@ -104,6 +104,9 @@ class Reason(StrEnum):
     NO_REFINEMENT = "strategy_does_not_refine"
     # Refining, but the SORM flags no step, so (as in the paper) only globally.
     NO_STEP_FLAGGED = "no_step_flagged"
+    # The draft and the question together do not fit the ORM's context: nothing can judge it,
+    # and a refinement prompt (which holds the draft) would not fit either. It is kept unscored.
+    DRAFT_TOO_LONG = "draft_too_long"
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,12 @@ class Scored:
     logprobs: TokenLogprobs | None = None
     # The reranker's score (None until ranked); only the order inside one question matters.
     rank_score: float | None = None
+    # Why a model could not read this candidate (its input exceeds that model's context);
+    # None when every model that was asked could.
+    too_long: str | None = None
+    # Kept although a model could not read it (the draft, the answer of last resort): it has
+    # no readings and ranks last.
+    unread: bool = False
 
     @property
     def orm_score(self) -> float:
@@ -193,6 +202,18 @@ class Plan:
     local_target: int | None = None
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """A candidate the pipeline gave up on because an input did not fit a model's context: its
+    refinement prompt (stage refine), its reward-model input (score) or the policy's reading of
+    it for the reranker (rerank). The solve goes on without it."""
+
+    kind: CandidateKind
+    label: str
+    stage: Stage
+    message: str
+
+
 @dataclass
 class Solution:
     """What a strategy returns: the winner, every candidate, the decision, timings and tokens."""
@@ -205,6 +226,8 @@ class Solution:
     tokens: dict[Role, int] = field(default_factory=dict)
     # self_consistency: how many samples stated each answer (first-stated first); else None.
     votes: dict[str, int] | None = None
+    # Candidates given up on because an input did not fit a model's context.
+    dropped: list[Dropped] = field(default_factory=list)
 
     @property
     def draft(self) -> Scored | None:

@@ -42,7 +42,9 @@ def manifest(run: Path) -> dict:
 def test_train_all_smoke_finishes_every_stage_and_records_it(smoke_run: Path) -> None:
     m = manifest(smoke_run)
     stages = m["stages"]
-    assert list(stages) == ["data", "policy", "rollouts", "orm", "sorm", "refiners", "reranker"]
+    assert list(stages) == [
+        "data", "policy", "rollouts", "orm", "sorm", "refiners", "reranker", "profile",
+    ]  # fmt: skip
     for name, entry in stages.items():
         assert entry["status"] == "done", name
         assert entry["seconds"] >= 0 and entry["seed"] >= 0 and entry["config_hash"]
@@ -109,11 +111,65 @@ def test_a_rerun_skips_every_finished_stage(smoke_run: Path) -> None:
     before = manifest(smoke_run)
     start = time.perf_counter()
     proc = glore_train("all", "--preset", "smoke", "--out", str(smoke_run))
-    assert proc.stdout.count("skipped") == len(before["stages"]) == 7, proc.stdout
+    assert proc.stdout.count("skipped") == len(before["stages"]) == 8, proc.stdout
     after = manifest(smoke_run)
     for name, entry in before["stages"].items():
         assert after["stages"][name]["finished"] == entry["finished"], name
     assert time.perf_counter() - start < 60
+
+
+def test_the_profile_stage_writes_thresholds_chosen_on_validation(smoke_run: Path) -> None:
+    from service.profile import read_profile
+
+    m = manifest(smoke_run)
+    entry = m["stages"]["profile"]
+    profile = read_profile(smoke_run)
+    assert profile is not None
+    assert entry["metrics"]["thresholds"] == profile.thresholds.model_dump()
+    assert m["summary"]["profile_thresholds"] == entry["metrics"]["thresholds"]
+    assert entry["hashes"]["profile"]
+    # the words the 48 training questions and their solutions use, names among them
+    train = [json.loads(line) for line in (smoke_run / "data" / "train.jsonl").open()]
+    assert train[0]["question"].split()[0] in profile.known_words
+    assert entry["counts"]["known_words"] == len(profile.known_words) > 10
+    # chosen on the 8 validation questions: at most 1% of them (none of 8) warned
+    warned = entry["metrics"]["warned"]
+    assert warned["val"] == {"questions": 8, "any": 0, "by_code": {}}
+    lowest = entry["metrics"]["mean_logprob"]["val"]["min"]
+    assert profile.thresholds.mean_logprob == pytest.approx(lowest, abs=1e-4)
+    assert profile.thresholds.unseen_share == 0.1  # the recipe's floor: no val word is unseen
+    # every word spelled backwards: unseen words, and the policy finds them unlikely
+    probe = warned["probe_reversed_words"]
+    assert probe["by_code"]["unseen_words"] == probe["questions"] == 8
+    # the longest of the 48 training questions, in the policy's tokens
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smoke_run / "tokenizer"))
+    longest = max(len(tok.encode(" " + t["question"], add_special_tokens=False)) for t in train)
+    assert profile.thresholds.max_tokens == longest
+
+
+def test_the_profile_stage_runs_alone_on_a_finished_run_without_retraining(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("question_profile.json"))
+    m = manifest(run)
+    m["stages"].pop("profile")
+    (run / "manifest.json").write_text(json.dumps(m))
+    weights = {p: p.read_bytes() for p in run.glob("*/model.safetensors")}
+    # no --preset: the run's own recipe (a run of another preset would otherwise retrain)
+    proc = glore_train("profile", "--out", str(run))
+    assert "data: done earlier, skipped" in proc.stdout and "profile: done" in proc.stdout
+    after = manifest(run)
+    assert after["stages"]["profile"]["status"] == "done"
+    for name, entry in m["stages"].items():
+        assert after["stages"][name]["finished"] == entry["finished"], name
+    assert {p: p.read_bytes() for p in run.glob("*/model.safetensors")} == weights
+    # the same data, policy and recipe give the same profile, byte for byte
+    assert (run / "question_profile.json").read_bytes() == (
+        smoke_run / "question_profile.json"
+    ).read_bytes()
 
 
 def test_rollouts_killed_midway_resume_with_no_row_lost_or_duplicated(

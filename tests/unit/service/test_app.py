@@ -90,7 +90,9 @@ def test_solve_returns_the_answer_the_winner_and_every_candidate_score(client: T
         "local_when_unflagged": "skip",
         "first_flagged_step": 1,
         "local_target_step": 1,
+        "dropped": [],
     }
+    assert body["warnings"] == []  # the fake run has no question profile
     assert [(c["label"], c["orm_score"]) for c in body["candidates"]] == [
         ("draft", pytest.approx(0.1)),
         ("global", pytest.approx(0.9)),
