@@ -67,6 +67,7 @@ async def solve(body: SolveRequest, request: Request, state: StateDep) -> SolveR
         include_trace=body.include_trace,
         timeout_s=body.timeout_s,
         is_disconnected=request.is_disconnected,
+        admitted_at=getattr(request.state, "admitted_at", None),
     )
 
 
@@ -94,9 +95,8 @@ async def chat_completions(
     if not users:
         raise field_error(["body", "messages"], "needs at least one user message")
     solver = Solver(state)
-    question = solver.check_question(
-        body.messages[users[-1]].text(), ["body", "messages", users[-1], "content"]
-    )
+    question_loc: list[str | int] = ["body", "messages", users[-1], "content"]
+    question = solver.check_question(body.messages[users[-1]].text(), question_loc)
     max_tokens = body.max_completion_tokens or body.max_tokens
     tokens_field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     strategy, cfg = solver.config(
@@ -113,6 +113,8 @@ async def chat_completions(
         include_trace=body.include_trace,
         timeout_s=body.timeout_s,
         is_disconnected=request.is_disconnected,
+        admitted_at=getattr(request.state, "admitted_at", None),
+        question_loc=question_loc,
     )
     winner = next(c for c in result.candidates if c.label == result.winner)
     return ChatCompletionResponse(

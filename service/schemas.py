@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.base import FinishReason
+from engines.base import MAX_SEED, FinishReason
 from service.pipeline import (
     Action,
     CandidateKind,
@@ -70,7 +70,12 @@ class Knobs(BaseModel):
         description="Sampling temperature for every generation (default: greedy drafts and "
         "refinements, 0.7 for best_of_n and self_consistency samples).",
     )
-    seed: int | None = Field(default=None, description="Makes sampling reproducible.")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Makes sampling reproducible (0 to 2^63 - 1, the range every backend takes).",
+    )
     include_trace: bool = Field(default=False, description="Return every candidate's full text.")
     timeout_s: float | None = Field(
         default=None, gt=0, description="Time limit for this request, at most the server's limit."
@@ -443,6 +448,11 @@ class Ready(BaseModel):
     roles: dict[str, RoleStatus]
     defaults: dict[str, ThresholdDefault] = Field(
         default_factory=dict, description="The thresholds a request gets when it sets none."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Configuration an operator should fix, e.g. listening beyond loopback "
+        "without API keys (also logged at startup; glore_insecure is 1 then).",
     )
 
 
