@@ -335,6 +335,16 @@ class ChatMessage(BaseModel):
         return "\n".join(p.text or "" for p in self.content if p.type == "text")
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(
+        default=False,
+        description="Send a last chunk with `usage` (and no choices); the others carry "
+        "`usage: null`.",
+    )
+
+
 class ChatCompletionRequest(Knobs):
     """OpenAI's chat completion request. The last user message is the question; the strategy
     and knobs come as extra fields (`extra_body` in the openai client). Unknown OpenAI fields
@@ -360,7 +370,15 @@ class ChatCompletionRequest(Knobs):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, description="Choices to return; only 1 is supported.")
-    stream: bool = Field(default=False, description="Streaming is not supported.")
+    stream: bool = Field(
+        default=False,
+        description="Answer with server-sent events in OpenAI's chunk format: the pipeline "
+        "runs first, then the chosen solution streams step by step, a final chunk carries "
+        "finish_reason (and the full /solve response as `glore`), then `data: [DONE]`.",
+    )
+    stream_options: StreamOptions | None = Field(
+        default=None, description="With stream: include_usage adds a usage chunk before [DONE]."
+    )
     num_samples: int | None = Field(
         default=None, ge=1, description="best_of_n's and self_consistency's n."
     )
@@ -394,6 +412,34 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: ChatUsage
     glore: SolveResponse = Field(description="The full /solve response behind this answer.")
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_absent)
+    content: str | None = Field(default=None, exclude_if=_absent)
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+    logprobs: Any = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion (OpenAI's chunk format)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: ChatUsage | None = None
+    glore: SolveResponse | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="On the chunk with finish_reason: the full /solve response.",
+    )
 
 
 class ModelCard(BaseModel):

@@ -501,7 +501,7 @@ def test_chat_completions_answers_the_last_user_message(client: TestClient) -> N
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ({"stream": True}, "stream"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"n": 2}, "n"),
         ({"max_tokens": 99999}, "max_tokens"),
         ({"num_samples": 999, "strategy": "best_of_n"}, "num_samples"),
