@@ -306,3 +306,42 @@ def test_a_question_imitating_the_marker_or_steps_does_not_change_how_candidates
     assert len(h["sorm_step_scores"]) == draft["num_steps"] == len(draft["text"].split("\n"))
     for c in h["candidates"]:
         assert STEP_TAG not in c["text"]
+
+
+# ---------------------------------------------------------------- one request never fails another
+
+
+def test_a_huge_seed_among_eight_concurrent_best_of_n_fails_nobody(client: httpx.Client) -> None:
+    """Once, seed 10**17 (valid by the schema) overflowed torch's seed inside a shared
+    micro-batch and all eight requests got a 422 blaming the question."""
+    import concurrent.futures as cf
+
+    seeds = [1, 2, 3, 10**17, 4, 5, 6, 2**63 - 1]
+
+    def one(seed: int) -> httpx.Response:
+        body = {"question": QUESTION, "strategy": "best_of_n", "n": 2, "seed": seed}
+        return client.post("/solve", json=body)
+
+    with cf.ThreadPoolExecutor(len(seeds)) as pool:
+        answers = list(pool.map(one, seeds))
+    assert [r.status_code for r in answers] == [200] * len(seeds), [r.text for r in answers]
+    e = error(
+        client.post("/solve", json={"question": QUESTION, "seed": 2**63}), 422, "validation_error"
+    )
+    assert e["message"].startswith("seed")
+    assert e["details"][0]["loc"] == ["body", "seed"]
+
+
+def test_the_debug_routes_are_absent_by_default(client: httpx.Client) -> None:
+    for action in ("kill", "hold", "release"):
+        error(client.post(f"/debug/engines/policy/{action}"), 404, "not_found")
+    assert client.get("/ready").json()["roles"]["policy"]["healthy"]
+
+
+def test_a_temperature_of_1e_300_is_greedy_not_a_failure(client: httpx.Client) -> None:
+    tiny = client.post(
+        "/solve", json={"question": QUESTION, "strategy": "greedy", "temperature": 1e-300}
+    )
+    greedy = client.post("/solve", json={"question": QUESTION, "strategy": "greedy"})
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["solution"] == greedy.json()["solution"]
