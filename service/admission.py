@@ -64,7 +64,7 @@ class Admission:
             return 1
         try:
             data: Any = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, or a nesting bomb
             return 1
         if not isinstance(data, dict):
             return 1

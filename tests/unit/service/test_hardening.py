@@ -173,6 +173,7 @@ def test_a_request_weighs_its_samples_times_its_tokens() -> None:
     chat = {"strategy": "self_consistency", "num_samples": 2, "max_tokens": 512}
     assert weigh(chat) == 4
     assert admission.weight(b"{not json") == 1
+    assert admission.weight(b"[" * 20_000 + b"]" * 20_000) == 1  # a nesting bomb
     flat = Admission(Limits(weigh_by_cost=False), defaults, Metrics())
     assert flat.weight(json.dumps(heavy).encode()) == 1
 
