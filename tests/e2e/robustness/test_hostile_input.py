@@ -199,7 +199,8 @@ def test_chat_messages_with_hostile_shapes_are_422_not_500(client: httpx.Client)
         {"messages": [{"role": "wizard", "content": "hi"}]},
         {"messages": "What is 2 + 2?"},
         {"messages": [{"role": "user", "content": QUESTION}], "n": 3},
-        {"messages": [{"role": "user", "content": QUESTION}], "stream": True},
+        {"messages": [{"role": "user", "content": QUESTION}], "stream_options": {}},
+        {"messages": [{"role": "user", "content": QUESTION}], "stream": "sometimes"},
     ]:
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 422, (body, r.text[:300])
