@@ -253,11 +253,14 @@ def _document_auth(app: FastAPI, settings: Settings) -> None:
 
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
+# After a drain that outlasted shutdown_delay_s, the 503s still go on this long (at most the delay).
+_LINGER_S = 1.0
 
 
 def _install_sigterm(state: ServiceState) -> Callable[[], None]:
     """On SIGTERM: /ready turns 503 and new solves are refused; once in-flight solves finish
-    (at most `shutdown_timeout_s`, at least `shutdown_delay_s` after the signal), the previous
+    (at most `shutdown_timeout_s`, at least `shutdown_delay_s` after the signal, and with a
+    delay at least min(1 s, shutdown_delay_s) after the drain), the previous
     handler (uvicorn's) stops the server. A second SIGTERM stops it at once."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -272,9 +275,11 @@ def _install_sigterm(state: ServiceState) -> Callable[[], None]:
             await asyncio.wait_for(state.idle.wait(), settings.shutdown_timeout_s)
         except TimeoutError:
             logger.warning("shutdown timeout: %d requests still in flight", state.in_flight)
+        # Keep answering 503 a while longer: load balancers see /ready change, and a client
+        # whose answer went out at the end of the drain gets a 503 on its next request over the
+        # same connection, not a reset.
         remaining = settings.shutdown_delay_s - (loop.time() - start)
-        if remaining > 0:
-            await asyncio.sleep(remaining)
+        await asyncio.sleep(max(remaining, min(settings.shutdown_delay_s, _LINGER_S)))
         logger.info("drained; stopping")
         _chain(previous, signum)
 
