@@ -69,7 +69,8 @@ class Admission:
         if not isinstance(data, dict):
             return 1
         samples = _int(data.get("n"), data.get("num_samples")) or self.defaults.n
-        if data.get("strategy") not in _SAMPLING:
+        strategy = data.get("strategy")
+        if not (isinstance(strategy, str) and strategy in _SAMPLING):  # any JSON may come here
             samples = 1
         tokens = (
             _int(

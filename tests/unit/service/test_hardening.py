@@ -174,6 +174,9 @@ def test_a_request_weighs_its_samples_times_its_tokens() -> None:
     assert weigh(chat) == 4
     assert admission.weight(b"{not json") == 1
     assert admission.weight(b"[" * 20_000 + b"]" * 20_000) == 1  # a nesting bomb
+    # Whatever shape the fields have (the app refuses them after): schemathesis sent these.
+    for odd in ({"strategy": ["best_of_n"]}, {"n": {"a": 1}, "max_new_tokens": [3]}, [1], "x"):
+        assert weigh(odd) == 1
     flat = Admission(Limits(weigh_by_cost=False), defaults, Metrics())
     assert flat.weight(json.dumps(heavy).encode()) == 1
 
