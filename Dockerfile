@@ -73,6 +73,10 @@ EXPOSE 8000
 # /ready is 503 until every role is loaded; the long start period covers model loading.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
+# The signal that drains: /ready turns 503, admitted requests finish (at most
+# GLORE_SHUTDOWN_TIMEOUT_S, 75 s, above the 60 s request timeout), then the server exits. Give
+# the container a longer stop grace (`docker stop -t 90`, compose stop_grace_period: 90s).
+STOPSIGNAL SIGTERM
 # Exec form: the server itself receives SIGTERM and drains in-flight requests before exiting.
 CMD ["glore", "serve", "--run", "/models", "--host", "0.0.0.0", "--port", "8000"]
 
@@ -149,4 +153,6 @@ VOLUME ["/models"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
+# As in the cpu target: SIGTERM drains; stop grace must exceed GLORE_SHUTDOWN_TIMEOUT_S (75 s).
+STOPSIGNAL SIGTERM
 CMD ["glore", "serve", "--run", "/models", "--host", "0.0.0.0", "--port", "8000"]

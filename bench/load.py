@@ -33,9 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--engine-options", default=None, help="JSON engine options, all roles")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead of a soak: N concurrent /solve calls at once against a server at its "
+        "default settings (admission, queue, strategy), each with the default body "
+        "{question} only; writes bench-service-burst-<backend>.json/.md",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.burst is not None:
+        return run_burst(args)
     try:
         report = soak(args)
     except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
@@ -124,6 +135,89 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": windows[-1]["elapsed_s"],
         "throughput_rps": per_window * args.windows / windows[-1]["elapsed_s"],
         "windows": windows,
+    }
+
+
+def run_burst(args: argparse.Namespace) -> int:
+    try:
+        report = burst(args)
+    except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
+        print(f"glore bench load: {exc}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"bench-service-burst-{args.backend}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"# A burst of {report['requests']} concurrent /solve calls ({args.backend})",
+        "",
+        f"Server at its default settings (max_in_flight {report['server']['max_in_flight']}, "
+        f"max_queue {report['server']['max_queue']}); run `{report['run']['path']}`; "
+        f"{report['created']}.",
+        "",
+        "| statuses | served (200) | 5xx | wall s | p50 s | p95 s | queued | mean queue wait s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {report['statuses']} | {report['served_share']:.1%} | {report['errors_5xx']} "
+        f"| {report['wall_s']:.1f} | {report['latency_s']['p50']:.2f} "
+        f"| {report['latency_s']['p95']:.2f} | {report['queued']} "
+        f"| {report['queue_wait_mean_s']:.2f} |",
+        "",
+    ]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {stem}.json, {stem}.md")
+    ok = report["errors_5xx"] == 0 and report["served_share"] >= 0.95
+    return 0 if ok else 1
+
+
+def burst(args: argparse.Namespace) -> dict[str, Any]:
+    """`args.burst` concurrent default /solve calls against a server at default settings."""
+    import asyncio
+
+    import httpx
+
+    from bench.live import LiveServer, backend_env
+    from bench.service import engine_options, load_level, questions, resolve_run
+    from service.settings import Limits
+
+    if args.burst < 1:
+        raise ValueError("--burst needs N >= 1")
+    run_dir, source = resolve_run(args.run)
+    options = engine_options(args)
+    env = {
+        "OMP_NUM_THREADS": str(args.threads),
+        "GLORE_LOG_LEVEL": "WARNING",
+        **backend_env(args.backend, options),
+    }
+    qs = questions(args.burst, args.seed)
+    bodies = [{"question": q} for q in qs]
+    with LiveServer(run_dir, env) as server:
+        figures, _ = asyncio.run(load_level(server.url, bodies, args.burst))
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    waits = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("glore_queue_wait_seconds_sum")
+    ]
+    counts = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("glore_queue_wait_seconds_count")
+    ]
+    statuses = figures["statuses"]
+    limits = Limits()
+    return {
+        "backend": args.backend,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": {"path": str(run_dir), "source": source},
+        "server": {"max_in_flight": limits.max_in_flight, "max_queue": limits.max_queue},
+        "requests": args.burst,
+        "statuses": statuses,
+        "served_share": statuses.get("200", 0) / args.burst,
+        "errors_5xx": sum(n for code, n in statuses.items() if code.startswith("5")),
+        "wall_s": figures["wall_s"],
+        "latency_s": figures["latency_s"],
+        "queued": int(counts[0]) if counts else 0,
+        "queue_wait_mean_s": waits[0] / counts[0] if counts and counts[0] else 0.0,
     }
 
 

@@ -33,6 +33,13 @@ class Backend(StrEnum):
 
 FinishReason = Literal["stop", "length"]
 
+# The largest seed every backend takes: torch's generators take a signed or unsigned 64-bit
+# seed and vLLM hands its seed to a torch generator, so a signed 64-bit int fits both.
+MAX_SEED = 2**63 - 1
+# Below this a temperature is greedy (vLLM's own cut-off, _SAMPLING_EPS): dividing logits by a
+# schema-valid 1e-300 overflows them to inf and sampling fails.
+SAMPLING_EPS = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -45,6 +52,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < SAMPLING_EPS
+
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError("n must be >= 1")
@@ -54,6 +65,8 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed must be in 0..{MAX_SEED}", field="seed")
 
 
 @dataclass(frozen=True)
@@ -173,8 +186,18 @@ class EngineError(RuntimeError):
         super().__init__(f"{message} ({where})" if where else message)
 
 
-class ContextLengthError(ValueError):
-    """An input longer than the model's context. A ValueError (the request is at fault), and its
+class InputError(ValueError):
+    """A request a model cannot take because of its own input (a prompt longer than the
+    context, an out-of-range seed, ...). Its message is ours and safe to show; `field` names
+    what the caller should change (prompt, seed, max_new_tokens, ...)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class ContextLengthError(InputError):
+    """An input longer than the model's context. An InputError (the request is at fault), and its
     own type, so the pipeline can drop the one candidate that does not fit and go on."""
 
 

@@ -72,6 +72,8 @@ class MicroBatcher(Generic[T, R]):
         self._batches = 0
         self._items = 0
         self._largest = 0
+        # Batches that failed and were retried row by row (see _run_batch).
+        self.retried_batches = 0
         self._thread = threading.Thread(target=self._run, name=f"glore-{name}", daemon=True)
         self._thread.start()
 
@@ -174,18 +176,37 @@ class MicroBatcher(Generic[T, R]):
             results = self._fn([p.item for p in batch], cancelled)
             if len(results) != len(batch):
                 raise EngineError(f"{self.name}: {len(results)} results for {len(batch)} items")
-        except BaseException as exc:
-            fatal = not isinstance(exc, Exception)
-            err = EngineError(f"{self.name} worker crashed: {exc!r}") if fatal else exc
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch, exc)
+                return
+            # One row may have failed the batch (a bad input, an OOM on its length): retry each
+            # row alone, so that only the rows that fail on their own get an error.
+            log.warning(
+                "%s: a batch of %d failed (%r); retrying its rows one by one",
+                self.name,
+                len(batch),
+                exc,
+            )
+            self.retried_batches += 1
             for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(err)
-            if fatal:
-                raise
+                if p.abandoned:
+                    self._fail([p], exc)  # nobody waits for it: not worth a model call
+                elif not p.future.done():
+                    self._run_batch([p])
             return
+        except BaseException as exc:
+            self._fail(batch, EngineError(f"{self.name} worker crashed: {exc!r}"))
+            raise
         for p, r in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(r)
+
+    @staticmethod
+    def _fail(batch: list[_Pending[T]], exc: BaseException) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
 
     def _fail_queued(self) -> None:
         err = EngineError(f"{self.name} is closed" if self._closed else f"{self.name} crashed")

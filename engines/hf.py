@@ -22,6 +22,7 @@ from engines.base import (
     EngineHealth,
     EngineLoadError,
     FinishReason,
+    InputError,
     LikelihoodRequest,
     SamplingParams,
     ScoreRequest,
@@ -95,12 +96,12 @@ def check_reward_config(path: str) -> None:
 def reward_token_ids(tokenizer: Any, tag_id: int, request: ScoreRequest) -> list[int]:
     """Token ids of a request's reward input; both backends score exactly these ids."""
     if not request.steps:
-        raise ValueError("steps: a solution to score needs at least one step")
+        raise InputError("steps: a solution to score needs at least one step")
     ids = tokenizer.encode(reward_input(request.question, request.steps), add_special_tokens=False)
     found = sum(1 for i in ids if i == tag_id)
     if found != len(request.steps):
         # A step containing the literal tag would shift every reading after it.
-        raise ValueError(
+        raise InputError(
             f"steps: expected {len(request.steps)} step tags, found {found} "
             f"(a step may not contain {STEP_TAG!r})"
         )
@@ -113,7 +114,7 @@ def likelihood_token_ids(tokenizer: Any, request: LikelihoodRequest) -> tuple[li
     prompt = tokenizer.encode(request.prompt, add_special_tokens=False)
     completion = tokenizer.encode(request.completion, add_special_tokens=False)
     if not prompt:
-        raise ValueError("prompt: a prompt is empty")
+        raise InputError("prompt: a prompt is empty")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return [*prompt, *completion, *eos], len(prompt)
 
@@ -337,7 +338,7 @@ class HFGenerator(_HFEngine):
     def _encode(self, prompt: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)
         if not ids:
-            raise ValueError("prompts: a prompt is empty")
+            raise InputError("prompts: a prompt is empty")
         if len(ids) >= self.max_positions:
             raise ContextLengthError(
                 f"prompts: a prompt has {len(ids)} tokens, the model takes {self.max_positions}"
@@ -437,20 +438,22 @@ class HFGenerator(_HFEngine):
         return results
 
     def _generator(self, row: _Row) -> Any:
-        if row.params.seed is None or row.params.temperature == 0:
+        if row.params.seed is None or row.params.greedy:
             return None
         # One stream per (seed, sample index): a row's samples do not depend on its batch-mates.
+        # Folded into 64 bits: torch refuses a larger seed ("Overflow when unpacking long long").
         g = self._torch.Generator(device=self.device)
-        g.manual_seed(row.params.seed * 1_000_003 + row.sample)
+        g.manual_seed((row.params.seed * 1_000_003 + row.sample) % 2**64)
         return g
 
     def _choose(self, logits: Any, rows: list[_Row], generators: list[Any]) -> Any:
-        """Next token per row: argmax when temperature is 0, else top-p sampling."""
+        """Next token per row: argmax when greedy (temperature below SAMPLING_EPS), else top-p
+        sampling."""
         torch = self._torch
         chosen = logits.argmax(dim=-1)
         for i, row in enumerate(rows):
             p = row.params
-            if p.temperature == 0:
+            if p.greedy:
                 continue
             probs = torch.softmax(logits[i] / p.temperature, dim=-1)
             if p.top_p < 1.0:

@@ -36,6 +36,17 @@ _GSM8K_RE = re.compile(r"####\s*([-+−]?\s*\$?\s*[-+−]?[\d.,]*\d[\d.,]*)", re
 _CONTROL = {"Cc", "Cf", "Cs", "Co", "Cn"}
 
 
+def _loose(literal: str) -> re.Pattern[str]:
+    """`literal` in any case and with any whitespace between its characters."""
+    return re.compile(r"\s*".join(re.escape(ch) for ch in literal), re.IGNORECASE)
+
+
+# What a question may not carry, however it is written: [bad], [ BAD ], ［BAD］ (NFKC folds
+# full-width forms first), <|STEP|>, ...
+_MARKER_RE = _loose(CRITIQUE_MARKER)
+_TAG_RE = _loose(STEP_TAG)
+
+
 class TextContractError(ValueError):
     """Raised when text cannot be rendered into the contract (e.g. an empty question)."""
 
@@ -115,14 +126,15 @@ def answers_match(predicted: str | None, reference: str | None) -> bool:
 def clean_question(question: str) -> str:
     """A question made safe to embed in any prompt.
 
-    Control characters go, whitespace (newlines included) collapses to single spaces, and text
-    that imitates the critique marker or the step tag is defused, so user input can never add
-    steps or markers to what a model sees.
+    The text is NFKC-normalised (full-width and other compatibility forms become their plain
+    characters), control and format characters go, whitespace (newlines included) collapses to
+    single spaces, and text that imitates the critique marker or the step tag, in any case or
+    spacing, is defused, so user input can never add steps or markers to what a model sees.
     """
-    text = unicodedata.normalize("NFC", question)
+    text = unicodedata.normalize("NFKC", question)
     text = "".join(" " if unicodedata.category(ch) in _CONTROL else ch for ch in text)
     text = " ".join(text.split())
-    text = text.replace(CRITIQUE_MARKER, "(BAD)").replace(STEP_TAG, "(step)")
+    text = _TAG_RE.sub("(step)", _MARKER_RE.sub("(BAD)", text))
     if not text:
         raise TextContractError("question is empty")
     return text

@@ -28,6 +28,7 @@ from engines.base import (
     EngineHealth,
     EngineLoadError,
     FinishReason,
+    InputError,
     LikelihoodRequest,
     SamplingParams,
     ScoreRequest,
@@ -372,7 +373,7 @@ class VLLMGenerator(_VLLMEngine):
         encoded = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         for ids in encoded:
             if not ids:
-                raise ValueError("prompts: a prompt is empty")
+                raise InputError("prompts: a prompt is empty")
             self._check_length(len(ids), "prompts")
         return await self._runtime.call(self._generate(encoded, params, self._default_lora))
 
@@ -387,10 +388,10 @@ class VLLMGenerator(_VLLMEngine):
         from vllm.sampling_params import RequestOutputKind
 
         # vLLM refuses n > 1 when greedy; the n greedy samples are one sample repeated.
-        greedy_copies = params.n if params.temperature == 0 else 1
+        greedy_copies = params.n if params.greedy else 1
         vparams = VSamplingParams(
             n=params.n // greedy_copies,
-            temperature=params.temperature,
+            temperature=0.0 if params.greedy else params.temperature,
             top_p=params.top_p,
             max_tokens=min(params.max_new_tokens, self.max_model_len - len(ids)),
             stop=list(params.stop) or None,

@@ -1,4 +1,5 @@
-"""Test-only fault injection (present only with GLORE_DEBUG_FAULTS=true): kill a role's engine."""
+"""Test-only fault injection (present only with GLORE_DEBUG_FAULTS=true): kill or hold a role's
+engine."""
 
 from __future__ import annotations
 
@@ -23,3 +24,19 @@ async def kill_engine(role: Role, state: StateDep) -> Killed:
     if not isinstance(state.engines, FaultInjector):
         raise ServiceError(ErrorCode.NOT_READY, "the engines are not loaded yet")
     return Killed(roles=[r.value for r in state.engines.kill(role)])
+
+
+@router.post("/debug/engines/{role}/hold", response_model=Killed)
+async def hold_engine(role: Role, state: StateDep) -> Killed:
+    """Make calls to `role`'s engine wait until released: solves stay in flight."""
+    if not isinstance(state.engines, FaultInjector):
+        raise ServiceError(ErrorCode.NOT_READY, "the engines are not loaded yet")
+    return Killed(roles=[r.value for r in state.engines.hold(role, True)])
+
+
+@router.post("/debug/engines/{role}/release", response_model=Killed)
+async def release_engine(role: Role, state: StateDep) -> Killed:
+    """Let the held calls to `role`'s engine go on."""
+    if not isinstance(state.engines, FaultInjector):
+        raise ServiceError(ErrorCode.NOT_READY, "the engines are not loaded yet")
+    return Killed(roles=[r.value for r in state.engines.hold(role, False)])

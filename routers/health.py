@@ -41,4 +41,5 @@ async def ready(state: StateDep) -> Ready | JSONResponse:
             name: ThresholdDefault(value=getattr(state.settings.defaults, name), source=source)
             for name, source in state.default_sources.items()
         },
+        warnings=state.warnings,
     )

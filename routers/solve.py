@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 
+from engines.base import FinishReason
 from service.errors import ErrorCode, field_error, responses
 from service.schemas import (
     ChatChoice,
     ChatChoiceMessage,
+    ChatChunkChoice,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatDelta,
     ChatUsage,
     ModelCard,
     ModelList,
@@ -67,24 +74,34 @@ async def solve(body: SolveRequest, request: Request, state: StateDep) -> SolveR
         include_trace=body.include_trace,
         timeout_s=body.timeout_s,
         is_disconnected=request.is_disconnected,
+        admitted_at=getattr(request.state, "admitted_at", None),
     )
+
+
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A chat completion, or with stream=true server-sent events: "
+        "`data: <chat.completion.chunk>` lines, then `data: [DONE]`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletionResponse,
-    responses=_ERRORS,
+    responses={**_ERRORS, **_STREAM},
     tags=["openai"],
     summary="OpenAI-compatible chat completion (the last user message is the question)",
 )
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: StateDep
-) -> ChatCompletionResponse:
+) -> ChatCompletionResponse | StreamingResponse:
     """The strategy and knobs come as extra fields (`extra_body` in the openai client):
     strategy, refine, orm_threshold, sorm_threshold, num_samples, seed, include_trace,
     timeout_s. The reply's `glore` field holds the full /solve response."""
-    if body.stream:
-        raise field_error(["body", "stream"], "streaming is not supported")
+    if body.stream_options is not None and not body.stream:
+        raise field_error(["body", "stream_options"], "only allowed with stream=true")
     if body.n != 1:
         raise field_error(
             ["body", "n"],
@@ -94,9 +111,8 @@ async def chat_completions(
     if not users:
         raise field_error(["body", "messages"], "needs at least one user message")
     solver = Solver(state)
-    question = solver.check_question(
-        body.messages[users[-1]].text(), ["body", "messages", users[-1], "content"]
-    )
+    question_loc: list[str | int] = ["body", "messages", users[-1], "content"]
+    question = solver.check_question(body.messages[users[-1]].text(), question_loc)
     max_tokens = body.max_completion_tokens or body.max_tokens
     tokens_field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     strategy, cfg = solver.config(
@@ -113,8 +129,26 @@ async def chat_completions(
         include_trace=body.include_trace,
         timeout_s=body.timeout_s,
         is_disconnected=request.is_disconnected,
+        admitted_at=getattr(request.state, "admitted_at", None),
+        question_loc=question_loc,
     )
     winner = next(c for c in result.candidates if c.label == result.winner)
+    usage = ChatUsage(
+        prompt_tokens=0,
+        completion_tokens=result.usage.completion_tokens,
+        total_tokens=result.usage.completion_tokens,
+    )
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        events = stream_events(
+            result, winner.finish_reason, usage if include_usage else None, state
+        )
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            # No proxy buffering (nginx) and no caching: each event goes out as it is written.
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     return ChatCompletionResponse(
         id=f"chatcmpl-{result.request_id}",
         created=int(time.time()),
@@ -126,14 +160,52 @@ async def chat_completions(
                 finish_reason=winner.finish_reason,
             )
         ],
-        usage=ChatUsage(
-            prompt_tokens=0,
-            completion_tokens=result.usage.completion_tokens,
-            total_tokens=result.usage.completion_tokens,
-        ),
+        usage=usage,
         warnings=result.warnings,
         glore=result,
     )
+
+
+async def stream_events(
+    result: SolveResponse,
+    finish_reason: FinishReason,
+    usage: ChatUsage | None,
+    state: ServiceState,
+) -> AsyncIterator[str]:
+    """The chosen solution as OpenAI chunks: the role, one content delta per step, a chunk with
+    finish_reason (and the /solve response as `glore`), the usage chunk when asked, [DONE]."""
+    chat_id, created, model = (
+        f"chatcmpl-{result.request_id}",
+        int(time.time()),
+        state.settings.model_name,
+    )
+    # With include_usage, OpenAI sends `usage: null` on every chunk but the last.
+    keep_usage = usage is not None
+
+    def event(
+        delta: ChatDelta | None,
+        finish: FinishReason | None = None,
+        *,
+        last_usage: ChatUsage | None = None,
+        glore: SolveResponse | None = None,
+    ) -> str:
+        choices = [] if delta is None else [ChatChunkChoice(delta=delta, finish_reason=finish)]
+        chunk = ChatCompletionChunk(
+            id=chat_id, created=created, model=model, choices=choices, usage=last_usage, glore=glore
+        )
+        data = chunk.model_dump(mode="json")
+        if not keep_usage:
+            data.pop("usage")
+        return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+    yield event(ChatDelta(role="assistant", content=""))
+    lines = result.solution.split("\n")
+    for i, line in enumerate(lines):
+        yield event(ChatDelta(content=line if i == len(lines) - 1 else line + "\n"))
+    yield event(ChatDelta(), finish_reason, glore=result)
+    if usage is not None:
+        yield event(None, last_usage=usage)
+    yield "data: [DONE]\n\n"
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["openai"], summary="The served model")

@@ -37,7 +37,7 @@ from service.middleware import (
 )
 from service.pipeline import ServedEngines
 from service.profile import PROFILE_FILE, read_profile
-from service.settings import Settings, with_run_defaults
+from service.settings import Settings, check_env, is_loopback, with_run_defaults
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     says 503 until they are."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json)
+    # A misspelt setting (GLORE_API_KEY for GLORE_API_KEYS) must not be ignored in silence.
+    check_env()
     settings, sources = with_run_defaults(settings)
     logger.info(
         "default thresholds: %s",
@@ -96,6 +98,10 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
             ", ".join(f"{k}={v}" for k, v in state.profile.thresholds.model_dump().items()),
         )
     state.idle.set()
+    state.warnings = startup_warnings(settings)
+    for warning in state.warnings:
+        logger.warning("%s", warning)
+    state.metrics.insecure.set(1 if not settings.api_keys and not is_loopback(settings.host) else 0)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -134,8 +140,7 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     _add_error_handlers(app, state)
     app.include_router(solve.router)
     app.include_router(health.router)
-    if settings.debug_faults:
-        logger.warning("fault injection is ON (GLORE_DEBUG_FAULTS): for tests only")
+    if settings.debug_faults:  # absent by default: a test checks that it answers 404
         app.include_router(debug.router)
 
     @app.get(
@@ -154,6 +159,27 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     )
     _document_auth(app, settings)
     return app
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """What an operator should fix before exposing this server (also in /ready's `warnings`)."""
+    warnings = []
+    if not settings.api_keys and not is_loopback(settings.host):
+        warnings.append(
+            f"listening on {settings.host} without API keys: anyone who can reach this port "
+            "can use it; set GLORE_API_KEYS (or bind to 127.0.0.1 behind a proxy that "
+            "authenticates)"
+        )
+    limits = settings.limits
+    if limits.request_timeout_s >= settings.shutdown_timeout_s:
+        warnings.append(
+            f"request_timeout_s ({limits.request_timeout_s:g}) is not below "
+            f"shutdown_timeout_s ({settings.shutdown_timeout_s:g}): a SIGTERM can cut "
+            "requests already admitted"
+        )
+    if settings.debug_faults:
+        warnings.append("fault injection is ON (GLORE_DEBUG_FAULTS): for tests only")
+    return warnings
 
 
 async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
@@ -188,9 +214,19 @@ def _add_error_handlers(app: FastAPI, state: ServiceState) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            # A body that is not JSON is a bad request (400), as the README says; a JSON body
+            # with a wrong field is a validation error (422).
+            where = errors[0].get("ctx", {}).get("error", "invalid JSON")
+            return state.error_response(
+                ErrorCode.BAD_REQUEST,
+                f"the request body is not valid JSON ({where})",
+                details=[ErrorDetail(loc=["body"], msg="invalid JSON")],
+            )
         details = [
             ErrorDetail(loc=list(e.get("loc", ())), msg=str(e.get("msg", "invalid")))
-            for e in exc.errors()
+            for e in errors
         ]
         message = "; ".join(
             f"{'.'.join(str(p) for p in d.loc if p != 'body') or 'body'}: {d.msg}"
@@ -239,11 +275,14 @@ def _document_auth(app: FastAPI, settings: Settings) -> None:
 
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
+# After a drain that outlasted shutdown_delay_s, the 503s still go on this long (at most the delay).
+_LINGER_S = 1.0
 
 
 def _install_sigterm(state: ServiceState) -> Callable[[], None]:
     """On SIGTERM: /ready turns 503 and new solves are refused; once in-flight solves finish
-    (at most `shutdown_timeout_s`, at least `shutdown_delay_s` after the signal), the previous
+    (at most `shutdown_timeout_s`, at least `shutdown_delay_s` after the signal, and with a
+    delay at least min(1 s, shutdown_delay_s) after the drain), the previous
     handler (uvicorn's) stops the server. A second SIGTERM stops it at once."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -258,9 +297,11 @@ def _install_sigterm(state: ServiceState) -> Callable[[], None]:
             await asyncio.wait_for(state.idle.wait(), settings.shutdown_timeout_s)
         except TimeoutError:
             logger.warning("shutdown timeout: %d requests still in flight", state.in_flight)
+        # Keep answering 503 a while longer: load balancers see /ready change, and a client
+        # whose answer went out at the end of the drain gets a 503 on its next request over the
+        # same connection, not a reset.
         remaining = settings.shutdown_delay_s - (loop.time() - start)
-        if remaining > 0:
-            await asyncio.sleep(remaining)
+        await asyncio.sleep(max(remaining, min(settings.shutdown_delay_s, _LINGER_S)))
         logger.info("drained; stopping")
         _chain(previous, signum)
 

@@ -76,7 +76,7 @@ def train(run_dir: Path, preset: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.settings import Settings, read_serving_defaults
+    from service.settings import Settings, check_env, read_serving_defaults
 
     overrides: dict[str, object] = {}
     if args.run is not None:
@@ -87,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.log_level is not None:
         overrides["log_level"] = args.log_level
+    try:
+        check_env()
+    except ValueError as exc:
+        print(f"glore serve: {exc}", file=sys.stderr)
+        return 2
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -13,6 +13,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     VALIDATION_ERROR = "validation_error"
     OVERLOADED = "overloaded"
@@ -31,11 +32,16 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    # The body did not arrive within limits.body_timeout_s (a client that sends headers, then
+    # stalls, never holds an admission slot).
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.VALIDATION_ERROR: 422,
     ErrorCode.OVERLOADED: 429,
     ErrorCode.INTERNAL_ERROR: 500,
-    ErrorCode.ENGINE_ERROR: 502,
+    # A model failed one call and still reports healthy: the server's fault, not the client's
+    # (a 5xx, so the error-ratio alert sees it), and not a gateway's (no 502).
+    ErrorCode.ENGINE_ERROR: 500,
     # A model died under the request: this replica cannot serve until restarted (/ready is 503).
     ErrorCode.ENGINE_UNAVAILABLE: 503,
     ErrorCode.NOT_READY: 503,

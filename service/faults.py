@@ -1,8 +1,10 @@
-"""Fault injection for robustness tests: kill one role's engine under a running server.
+"""Fault injection for robustness tests: kill or hold one role's engine under a running server.
 
 Off unless `GLORE_DEBUG_FAULTS=true`. Then every engine is wrapped, and killing one fails its
 calls in flight with an EngineError at once (as a crashed worker would), marks it unhealthy and
 closes the real engine in the background, so /ready turns 503 and later solves are refused.
+Holding one makes its calls wait until it is released: a test can keep a solve in flight (its
+body read, its slot taken) for as long as it likes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class _Killable:
         self.inner = inner
         self.name = inner.name
         self.killed = asyncio.Event()
+        self.released = asyncio.Event()
+        self.released.set()
         self.closing: asyncio.Task[None] | None = None
 
     def health(self) -> EngineHealth:
@@ -61,6 +65,13 @@ class _Killable:
         self.closing = asyncio.ensure_future(self.inner.close())
 
     async def _call(self, work: Awaitable[T]) -> T:
+        if not self.released.is_set():
+            try:
+                await self.released.wait()
+            except BaseException:
+                if asyncio.iscoroutine(work):
+                    work.close()
+                raise
         if self.killed.is_set():
             if asyncio.iscoroutine(work):
                 work.close()
@@ -159,6 +170,15 @@ class FaultInjector:
             "fault injection: killed the engine of %s", ", ".join(r.value for r in roles)
         )
         return roles
+
+    def hold(self, role: Role, held: bool) -> list[Role]:
+        """Make calls to `role`'s engine wait (held) or go on (released); returns its roles."""
+        target = self._by_role[role]
+        if held:
+            target.released.clear()
+        else:
+            target.released.set()
+        return [r for r, e in self._by_role.items() if e is target]
 
     async def close(self) -> None:
         await asyncio.gather(

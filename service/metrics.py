@@ -90,6 +90,22 @@ class Metrics:
             "Solve requests admitted and not yet answered.",
             registry=r,
         )
+        self.queue_length = Gauge(
+            "glore_queue_length",
+            "Solve requests waiting for an admission slot.",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "glore_queue_wait_seconds",
+            "Time a solve request waited in line for its slots (queued requests only).",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.insecure = Gauge(
+            "glore_insecure",
+            "1 when the server listens beyond loopback without API keys, else 0.",
+            registry=r,
+        )
         self.errors = Counter(
             "glore_errors_total",
             "Error responses, by error type (the `code` of the error body).",

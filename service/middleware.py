@@ -6,6 +6,7 @@ app untouched.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -16,6 +17,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.admission import Refused
 from service.errors import ErrorCode
 from service.logs import request_id_var
 from service.state import ServiceState
@@ -156,8 +158,10 @@ class BodyLimitMiddleware:
 
 
 class AdmissionMiddleware:
-    """At most `max_in_flight` solves at once (429 + Retry-After beyond), none while draining
-    (503). A request counts from its arrival, body upload included."""
+    """Reads a solve's body first (408 past `body_timeout_s`; the slot is not held meanwhile),
+    then takes its slots from the admission pool, waiting in line beyond `max_in_flight`
+    (429 + Retry-After only when the line is full or the wait would outlast the request's
+    time limit); none while draining (503)."""
 
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app, self.state = app, state
@@ -174,22 +178,80 @@ class AdmissionMiddleware:
             )
             await response(scope, receive, send)
             return
-        if state.in_flight >= limits.max_in_flight:
+        try:
+            body = await asyncio.wait_for(_read_body(receive), limits.body_timeout_s)
+        except TimeoutError:
             response = state.error_response(
-                ErrorCode.OVERLOADED,
-                f"too many requests in flight ({limits.max_in_flight}); "
-                f"retry after {limits.retry_after_s} s",
-                headers=retry,
+                ErrorCode.REQUEST_TIMEOUT,
+                f"the request body did not arrive within {limits.body_timeout_s:g} s",
             )
             await response(scope, receive, send)
             return
-        state.in_flight += 1
+        except HTTPException as exc:  # the body limit, raised while reading
+            code = ErrorCode.PAYLOAD_TOO_LARGE if exc.status_code == 413 else ErrorCode.BAD_REQUEST
+            await state.error_response(code, str(exc.detail))(scope, receive, send)
+            return
+        if body is None:
+            return  # the client left before sending its body: nobody to answer
+        admission = state.admission
+        weight = admission.weight(body)
+        # The time limit counts from here: the wait in line is part of it.
+        scope.setdefault("state", {})["admitted_at"] = time.monotonic()
+        state.in_flight += 1  # queued or served: the drain waits for both
         state.idle.clear()
-        state.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send)
+            try:
+                await admission.acquire(weight, limits.request_timeout_s)
+            except Refused as exc:
+                response = state.error_response(
+                    ErrorCode.OVERLOADED,
+                    exc.message,
+                    headers={"Retry-After": str(exc.retry_after_s)},
+                )
+                await response(scope, receive, send)
+                return
+            except TimeoutError:
+                response = state.error_response(
+                    ErrorCode.TIMEOUT,
+                    f"the request waited {limits.request_timeout_s:g} s in line; it was not run",
+                )
+                await response(scope, receive, send)
+                return
+            state.metrics.in_flight.inc()
+            start = time.perf_counter()
+            try:
+                await self.app(scope, _replay(body, receive), send)
+            finally:
+                state.metrics.in_flight.dec()
+                admission.release(weight, (time.perf_counter() - start) / weight)
         finally:
             state.in_flight -= 1
-            state.metrics.in_flight.dec()
             if state.in_flight == 0:
                 state.idle.set()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client disconnects first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that yields the body already read, then the client's later messages (a
+    disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

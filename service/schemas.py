@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.base import FinishReason
+from engines.base import MAX_SEED, FinishReason
 from service.pipeline import (
     Action,
     CandidateKind,
@@ -72,7 +72,12 @@ class Knobs(BaseModel):
         description="Sampling temperature for every generation (default: greedy drafts and "
         "refinements, 0.7 for best_of_n and self_consistency samples).",
     )
-    seed: int | None = Field(default=None, description="Makes sampling reproducible.")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Makes sampling reproducible (0 to 2^63 - 1, the range every backend takes).",
+    )
     include_trace: bool = Field(default=False, description="Return every candidate's full text.")
     timeout_s: float | None = Field(
         default=None, gt=0, description="Time limit for this request, at most the server's limit."
@@ -366,6 +371,16 @@ class ChatMessage(BaseModel):
         return "\n".join(p.text or "" for p in self.content if p.type == "text")
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(
+        default=False,
+        description="Send a last chunk with `usage` (and no choices); the others carry "
+        "`usage: null`.",
+    )
+
+
 class ChatCompletionRequest(Knobs):
     """OpenAI's chat completion request. The last user message is the question; the strategy
     and knobs come as extra fields (`extra_body` in the openai client). Unknown OpenAI fields
@@ -391,7 +406,15 @@ class ChatCompletionRequest(Knobs):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, description="Choices to return; only 1 is supported.")
-    stream: bool = Field(default=False, description="Streaming is not supported.")
+    stream: bool = Field(
+        default=False,
+        description="Answer with server-sent events in OpenAI's chunk format: the pipeline "
+        "runs first, then the chosen solution streams step by step, a final chunk carries "
+        "finish_reason (and the full /solve response as `glore`), then `data: [DONE]`.",
+    )
+    stream_options: StreamOptions | None = Field(
+        default=None, description="With stream: include_usage adds a usage chunk before [DONE]."
+    )
     num_samples: int | None = Field(
         default=None, ge=1, description="best_of_n's and self_consistency's n."
     )
@@ -430,6 +453,34 @@ class ChatCompletionResponse(BaseModel):
         "question is beyond the models; the answer is unchanged by them).",
     )
     glore: SolveResponse = Field(description="The full /solve response behind this answer.")
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_absent)
+    content: str | None = Field(default=None, exclude_if=_absent)
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+    logprobs: Any = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion (OpenAI's chunk format)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: ChatUsage | None = None
+    glore: SolveResponse | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="On the chunk with finish_reason: the full /solve response.",
+    )
 
 
 class ModelCard(BaseModel):
@@ -484,6 +535,11 @@ class Ready(BaseModel):
     roles: dict[str, RoleStatus]
     defaults: dict[str, ThresholdDefault] = Field(
         default_factory=dict, description="The thresholds a request gets when it sets none."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Configuration an operator should fix, e.g. listening beyond loopback "
+        "without API keys (also logged at startup; glore_insecure is 1 then).",
     )
 
 

@@ -11,7 +11,10 @@ built-in 0.5.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,11 +43,30 @@ class Limits(BaseModel):
     """What one request may ask for, and how much the server takes on at once."""
 
     max_in_flight: int = Field(
-        default=8, ge=1, description="Solves at once; beyond: 429 + Retry-After."
+        default=8, ge=1, description="Solves at once (slots); beyond, requests wait in line."
     )
-    retry_after_s: int = Field(default=1, ge=0, description="The Retry-After of a 429 or 503.")
+    max_queue: int = Field(
+        default=64,
+        ge=0,
+        description="Requests that may wait for a slot; beyond, or when the expected wait "
+        "exceeds the time limit: 429 + Retry-After.",
+    )
+    weigh_by_cost: bool = Field(
+        default=True,
+        description="A request takes samples x max tokens / one default generation slots "
+        "(at least 1, at most max_in_flight); false: every request takes one.",
+    )
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time to send the body; then 408 (no slot is held)."
+    )
+    retry_after_s: int = Field(
+        default=1, ge=0, description="The least Retry-After of a 429, and that of a 503."
+    )
     request_timeout_s: float = Field(
-        default=120.0, gt=0, description="Per-solve time limit; then 504."
+        default=60.0,
+        gt=0,
+        description="Per-solve time limit, from the body's arrival (the wait in line "
+        "included); then 504. Must be below shutdown_timeout_s.",
     )
     max_body_bytes: int = Field(default=65536, ge=256, description="Larger bodies get 413.")
     max_question_chars: int = Field(default=4000, ge=1, description="Longer questions get 422.")
@@ -108,8 +130,10 @@ class Settings(BaseSettings):
     # After SIGTERM: keep answering (ready=503, new solves refused) at least this long, so load
     # balancers see the readiness change, and wait at most `shutdown_timeout_s` for in-flight
     # solves before closing.
+    # The timeline (a test holds it, here and in deploy/): limits.request_timeout_s (60) <
+    # shutdown_timeout_s (75) < the container's stop grace (compose stop_grace_period, 90 s).
     shutdown_delay_s: float = Field(default=0.0, ge=0)
-    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    shutdown_timeout_s: float = Field(default=75.0, ge=0)
     # Test-only: POST /debug/engines/{role}/kill makes a role's engine die (service/faults.py).
     debug_faults: bool = Field(
         default=False, description="Enable fault injection routes; never in production."
@@ -152,6 +176,63 @@ class Settings(BaseSettings):
                 )
             specs[role] = EngineSpec(path=str(path), backend=rs.backend, options=dict(rs.options))
         return specs
+
+
+# ------------------------------------------------------------------ the environment
+
+# GLORE_* names that are not settings of the service: the compose file's (image target, published
+# port) and the tests' tiny-model cache. Anything else with the prefix must be a setting.
+OTHER_ENV = frozenset({"GLORE_TARGET", "GLORE_HTTP_PORT", "GLORE_TINY_MODELS_DIR"})
+
+
+def known_env_names() -> list[str]:
+    """Every GLORE_* variable the settings read, nested models spelled out with `__`."""
+    names: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            env = f"{prefix}{name.upper()}"
+            names.append(env)
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                walk(info.annotation, env + "__")
+
+    walk(Settings, "GLORE_")
+    return names
+
+
+def unknown_env(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """One message per GLORE_* variable that no setting reads, naming the closest known one (a
+    misspelt GLORE_API_KEY would otherwise leave the server open without a word)."""
+    known = known_env_names()
+    # Dict-valued settings (a role's OPTIONS) may be set key by key.
+    open_prefixes = tuple(f"{n}__" for n in known if n.endswith("__OPTIONS"))
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("GLORE_") or upper in OTHER_ENV or upper in known:
+            continue
+        if upper.startswith(open_prefixes):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(f"unknown setting {name}{hint}")
+    return problems
+
+
+def check_env(environ: dict[str, str] | os._Environ[str] | None = None) -> None:
+    """A ValueError naming every unknown GLORE_* variable and its closest known setting."""
+    problems = unknown_env(os.environ if environ is None else environ)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname may resolve to anything
 
 
 # ------------------------------------------------------------------ defaults chosen by evaluation

@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from engines.base import EngineError, Generator
+from engines.base import EngineError, Generator, InputError
 from engines.text import TextContractError, clean_question
 from service.errors import ErrorCode, ServiceError, field_error
 from service.logs import request_id_var
@@ -80,18 +80,24 @@ class Solver:
         include_trace: bool,
         timeout_s: float | None,
         is_disconnected: IsDisconnected,
+        question_loc: Loc | None = None,
+        admitted_at: float | None = None,
     ) -> SolveResponse:
         """Solve, or raise: 503 not ready, 504 past the time limit, 499 when the client left
-        (the work is cancelled), 502 when a model fails, 503 when it died."""
+        (the work is cancelled), 422 naming the field when a model cannot take the request's
+        input, 500 when a model (or our code) fails, 503 when a model died."""
         engines = self.state.check_ready(admitted=True)
         limit = min(self.state.settings.limits.request_timeout_s, timeout_s or math.inf)
+        left = limit
+        if admitted_at is not None:  # the time spent in line counts against the limit
+            left = max(0.0, limit - (time.monotonic() - admitted_at))
         logger.debug("solving", extra={"question": question, "strategy": strategy.value})
         start = time.perf_counter()
         work = asyncio.create_task(self._solve_and_check(question, engines, cfg, strategy))
         watcher = asyncio.create_task(_wait_for_disconnect(is_disconnected))
         try:
             done, _ = await asyncio.wait(
-                {work, watcher}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
+                {work, watcher}, timeout=left, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             # Also reached when this handler itself is cancelled: no work outlives its request.
@@ -112,14 +118,19 @@ class Solver:
         except EngineError as exc:
             logger.error("engine failed: %s", exc, exc_info=exc)
             raise self._engine_failure(exc) from None
-        except TextContractError as exc:
-            raise field_error(["body", "question"], str(exc)) from None
-        except ValueError as exc:
-            # The engines refuse what a model cannot take (e.g. a prompt longer than its
-            # context): the request is at fault, not the server.
-            logger.info("a model refused the request: %s", exc)
-            raise field_error(
-                ["body", "question"], f"the models cannot take this request: {exc}"
+        except (TextContractError, InputError) as exc:
+            # The request's own input: a 422 naming the field (our message, never a library's).
+            field = exc.field if isinstance(exc, InputError) else None
+            loc: Loc = ["body", "seed"] if field == "seed" else question_loc or ["body", "question"]
+            logger.info("a model refused the request's input: %s", exc)
+            raise field_error(loc, f"the models cannot take this request: {exc}") from None
+        except Exception as exc:
+            # Anything else (a library's ValueError, a bug of ours) is the server's failure:
+            # a generic 500, so the error-ratio alert sees it and no internal text leaks.
+            logger.error("solve failed: %r", exc, exc_info=exc)
+            raise ServiceError(
+                ErrorCode.INTERNAL_ERROR,
+                f"internal error; see the server logs for request {request_id_var.get()}",
             ) from None
         total = time.perf_counter() - start
         self.state.metrics.observe_solution(solution)
@@ -174,7 +185,7 @@ class Solver:
         return check(reading, profile)
 
     def _engine_failure(self, exc: EngineError) -> ServiceError:
-        """503 when a model is now dead (this replica cannot serve: /ready says so too), 502
+        """503 when a model is now dead (this replica cannot serve: /ready says so too), 500
         when a model failed one call but still reports healthy."""
         request_id = request_id_var.get()
         dead = [

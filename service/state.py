@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from engines.base import Role
 from engines.reranker import ORM_RERANKER, Reranker
+from service.admission import Admission
 from service.errors import STATUS, ErrorCode, ErrorDetail, ServiceError, error_body
 from service.logs import request_id_var
 from service.metrics import Metrics
@@ -34,6 +35,9 @@ class ServiceState:
     draining: bool = False
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    admission: Admission = field(init=False)
+    # What the operator should fix (e.g. an open bind without API keys); /ready lists them.
+    warnings: list[str] = field(default_factory=list)
     # The app's route paths, so a request refused before routing (401, 413, 429) is still
     # labelled with its route in the latency histogram.
     route_paths: frozenset[str] = frozenset()
@@ -42,6 +46,9 @@ class ServiceState:
     # The run's question profile (None: no warnings) and the policy's tokenizer it reads with.
     profile: QuestionProfile | None = None
     question_tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.settings.limits, self.settings.defaults, self.metrics)
 
     def role_status(self) -> dict[Role, tuple[bool, str]]:
         """Each role's health: loading, failed to load, or what its engine says."""

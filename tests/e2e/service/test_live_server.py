@@ -1,12 +1,15 @@
 """A live `glore serve` on the tiny trained checkpoints (real HF engines), end to end: /solve in
-every strategy, the chat endpoint through the openai client, and every error status with its
-body (401, 413, 422, 429, 503, 504)."""
+every strategy, the chat endpoint through the openai client (plain and streamed), and every error
+status with its body (400, 401, 413, 422, 429, 503, 504)."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
+import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ ENV = {
     "OMP_NUM_THREADS": "1",
     "GLORE_API_KEYS": f"{KEY},second-key",
     "GLORE_LIMITS__MAX_IN_FLIGHT": "1",
+    "GLORE_LIMITS__MAX_QUEUE": "0",
+    "GLORE_DEBUG_FAULTS": "true",  # to hold the policy: a solve stays in flight on demand
     "GLORE_LIMITS__RETRY_AFTER_S": "2",
     "GLORE_LIMITS__MAX_BODY_BYTES": str(MAX_BODY),
     "GLORE_LIMITS__MAX_QUESTION_CHARS": str(MAX_QUESTION),
@@ -166,6 +171,38 @@ def test_the_openai_client_gets_a_chat_completion(server: ServerHandle, question
     assert completion.usage.completion_tokens == glore["usage"]["completion_tokens"]
 
 
+def test_the_openai_client_streams_a_chat_completion(server: ServerHandle, question: str) -> None:
+    oai = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    stream = oai.chat.completions.create(
+        model="glore",
+        messages=[{"role": "user", "content": question}],
+        max_tokens=64,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"strategy": "best_of_n", "num_samples": 2, "seed": 3},
+    )
+    chunks = list(stream)
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finished = [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]
+    assert len(finished) == 1 and finished[0].choices[0].finish_reason in ("stop", "length")
+    glore = (finished[0].model_extra or {})["glore"]
+    assert content == glore["solution"] and glore["strategy"] == "best_of_n"
+    assert content.count("\n") + 1 == len(glore["steps"])
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    assert usage.completion_tokens == glore["usage"]["completion_tokens"]
+    # The same request unstreamed gives the same answer (seeded).
+    plain = oai.chat.completions.create(
+        model="glore",
+        messages=[{"role": "user", "content": question}],
+        max_tokens=64,
+        extra_body={"strategy": "best_of_n", "num_samples": 2, "seed": 3},
+    )
+    assert plain.choices[0].message.content == content
+
+
 def test_the_openai_client_sees_auth_and_validation_errors(server: ServerHandle) -> None:
     bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as auth:
@@ -225,20 +262,43 @@ def test_422_names_the_offending_field(
     assert any(field in map(str, d["loc"]) for d in error["details"])
 
 
-def test_429_with_retry_after_when_max_in_flight_is_reached(
+def test_429_with_retry_after_when_every_slot_is_taken_and_there_is_no_queue(
     server: ServerHandle, client: httpx.Client, question: str
 ) -> None:
-    held = RawRequest(
-        server.url, "/solve", {"question": question, "strategy": "greedy"}, AUTH, hold_body=True
-    )
-    wait_until(lambda: in_flight(client) == 1, what="the held request to be admitted")
-    r = client.post("/solve", json={"question": question})
-    assert_error(r, 429, "overloaded")
-    assert r.headers["retry-after"] == "2"
-    status, body = held.finish()
-    assert status == 200 and body["strategy"] == "greedy"
+    assert client.post("/debug/engines/policy/hold").status_code == 200
+    try:
+        with (
+            cf.ThreadPoolExecutor(1) as pool,
+            httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as other,
+        ):
+            body = {"question": question, "strategy": "greedy"}
+            held = pool.submit(other.post, "/solve", json=body)
+            wait_until(lambda: in_flight(client) == 1, what="the held request to be admitted")
+            r = client.post("/solve", json={"question": question})
+            assert_error(r, 429, "overloaded")
+            assert r.headers["retry-after"] == "2"
+            assert client.post("/debug/engines/policy/release").status_code == 200
+            assert held.result().status_code == 200 and held.result().json()["strategy"] == "greedy"
+    finally:
+        client.post("/debug/engines/policy/release")
     wait_until(lambda: in_flight(client) == 0, what="the slot to be released")
     assert client.post("/solve", json={"question": question}).status_code == 200
+
+
+def test_a_client_that_stalls_its_body_holds_no_slot(
+    server: ServerHandle, client: httpx.Client, question: str
+) -> None:
+    stalled = RawRequest(server.url, "/solve", {"question": question}, AUTH, hold_body=True)
+    time.sleep(0.3)
+    # One slot, no queue: under the old admission the stalled client held it (429 here).
+    assert client.post("/solve", json={"question": question}).status_code == 200
+    status, body = stalled.finish()
+    assert status == 200 and body["answer"] == extract_answer(body["solution"])
+
+
+def test_400_for_a_body_that_is_not_json(client: httpx.Client) -> None:
+    r = client.post("/solve", content=b"{oops", headers={"content-type": "application/json"})
+    assert "not valid JSON" in assert_error(r, 400, "bad_request")["message"]
 
 
 def test_504_when_the_solve_outlasts_its_time_limit(client: httpx.Client, question: str) -> None:
@@ -293,10 +353,15 @@ def test_503_until_loaded_when_a_checkpoint_is_broken(tmp_path: Path) -> None:
 def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
     tiny_checkpoints: TinyCheckpoints, question: str
 ) -> None:
-    server = start_server(tiny_checkpoints.run_dir, env={"OMP_NUM_THREADS": "1"})
+    env = {"OMP_NUM_THREADS": "1", "GLORE_DEBUG_FAULTS": "true"}
+    server = start_server(tiny_checkpoints.run_dir, env=env)
     try:
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            held = RawRequest(server.url, "/solve", {"question": question}, hold_body=True)
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as c,
+            cf.ThreadPoolExecutor(1) as pool,
+        ):
+            assert c.post("/debug/engines/policy/hold").status_code == 200
+            held = pool.submit(c.post, "/solve", json={"question": question})
             wait_until(lambda: in_flight(c) == 1, what="the held request to be admitted")
             server.signal(signal.SIGTERM)
             wait_until(lambda: c.get("/ready").status_code == 503, what="/ready to turn 503")
@@ -305,13 +370,28 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
             assert_error(r, 503, "shutting_down")
             assert "retry-after" in r.headers
             assert server.alive()
-        # the request that was in flight when the signal came still gets its answer
-        status, body = held.finish()
-        assert status == 200 and body["answer"] == extract_answer(body["solution"])
+            assert c.post("/debug/engines/policy/release").status_code == 200
+            # the request that was in flight when the signal came still gets its answer
+            done = held.result(timeout=60)
+        assert done.status_code == 200
+        assert done.json()["answer"] == extract_answer(done.json()["solution"])
         server.wait(timeout=30)
         assert "drained; stopping" in server.logs()
     finally:
         server.stop()
+
+
+def test_glore_serve_refuses_a_misspelt_setting_naming_the_closest(
+    tiny_checkpoints: TinyCheckpoints,
+) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GLORE_API_KEY": "oops"}
+    run = [sys.executable, "-m", "glore", "serve", "--run", str(tiny_checkpoints.run_dir)]
+    done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "GLORE_API_KEY; did you mean GLORE_API_KEYS?" in done.stderr
 
 
 def test_glore_serve_refuses_a_run_without_checkpoints(tmp_path: Path) -> None:

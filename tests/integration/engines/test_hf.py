@@ -27,6 +27,37 @@ async def test_sixteen_concurrent_callers_share_batches(tiny_checkpoints: TinyCh
         await gen.close()
 
 
+async def test_a_row_that_breaks_the_model_fails_alone_in_its_micro_batch(
+    tiny_checkpoints: TinyCheckpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poison row (here: one whose forward pass raises, as an OOM or a CUDA error would) fails
+    its own call; the good rows of the same micro-batch are retried alone and answered."""
+    gen = HFGenerator(tiny_checkpoints.policy, device="cpu", batch_wait_ms=50)
+    poison = policy_prompt("POISON: how many apples are left?")
+    real_decode = gen._decode
+
+    def decode(rows, encoded, cancelled):  # type: ignore[no-untyped-def]
+        if any(r.prompt == poison for r in rows):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_decode(rows, encoded, cancelled)
+
+    monkeypatch.setattr(gen, "_decode", decode)
+    try:
+        params = SamplingParams(max_new_tokens=48)
+        solo = [(await gen.generate([p], params))[0][0] for p in PROMPTS[:7]]
+        calls = [gen.generate([p], params) for p in PROMPTS[:3]]
+        calls += [gen.generate([poison], params)]
+        calls += [gen.generate([p], params) for p in PROMPTS[3:7]]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[3], RuntimeError)
+        good = [r for i, r in enumerate(results) if i != 3]
+        assert [r[0][0] for r in good] == solo  # type: ignore[index]
+        assert gen.batcher.stats.largest_batch > 1 and gen.batcher.retried_batches >= 1
+        assert gen.health().healthy
+    finally:
+        await gen.close()
+
+
 async def test_a_closed_engine_reports_unhealthy_and_refuses_calls(
     tiny_checkpoints: TinyCheckpoints,
 ) -> None:

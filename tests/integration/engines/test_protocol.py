@@ -6,7 +6,15 @@ import asyncio
 
 import pytest
 
-from engines.base import Generator, SamplingParams, Scorer, ScoreRequest, StepScores
+from engines.base import (
+    MAX_SEED,
+    Generator,
+    InputError,
+    SamplingParams,
+    Scorer,
+    ScoreRequest,
+    StepScores,
+)
 from engines.text import STEP_TAG, extract_answer, policy_prompt
 from tests.support.tiny_models import corrupt, tiny_problems
 
@@ -159,3 +167,31 @@ async def test_no_prompts_give_no_completions(generator: Generator) -> None:
 
 async def test_no_requests_give_no_scores(scorer: Scorer) -> None:
     assert await scorer.score([]) == []
+
+
+async def test_rows_that_once_failed_their_batch_mates_now_leave_them_answered(
+    generator: Generator,
+) -> None:
+    # A seed at the top of the range (seed * 1_000_003 once overflowed torch's seed) and a
+    # schema-valid temperature of 1e-300 (logits / 1e-300 was inf) share batches with greedy rows.
+    extreme = [
+        SamplingParams(n=2, temperature=0.7, seed=MAX_SEED, max_new_tokens=32),
+        SamplingParams(n=2, temperature=1e-300, seed=10**17, max_new_tokens=32),
+    ]
+    solo = [(await generator.generate([p], GREEDY))[0][0] for p in PROMPTS[:6]]
+    calls = [generator.generate([p], GREEDY) for p in PROMPTS[:6]]
+    calls += [generator.generate(PROMPTS[6:7], params) for params in extreme]
+    out = await asyncio.gather(*calls)
+    assert [o[0][0] for o in out[:6]] == solo
+    assert all(len(o[0]) == 2 for o in out[6:])
+    # Below SAMPLING_EPS is greedy: both "samples" are the greedy completion.
+    short = SamplingParams(max_new_tokens=32)
+    greedy = (await generator.generate(PROMPTS[6:7], short))[0][0]
+    assert [c.text for c in out[7][0]] == [greedy.text, greedy.text]
+    assert generator.health().healthy
+
+
+def test_a_seed_beyond_every_backends_range_is_refused_before_any_batch() -> None:
+    with pytest.raises(InputError, match="seed") as info:
+        SamplingParams(temperature=0.7, seed=MAX_SEED + 1)
+    assert info.value.field == "seed"

@@ -133,6 +133,29 @@ async def test_an_error_in_a_batch_reaches_its_callers_and_the_batcher_lives_on(
     await batcher.close()
 
 
+async def test_a_poison_row_fails_alone_and_its_batch_mates_are_answered() -> None:
+    seen: list[list[int]] = []
+
+    def fn(items: list[int], cancelled: Callable[[], list[bool]]) -> list[int]:
+        seen.append(list(items))
+        if 13 in items:
+            raise RuntimeError("row 13 overflows")
+        return [x * 10 for x in items]
+
+    batcher = MicroBatcher(fn, max_batch_size=64, wait_ms=50)
+    results = await asyncio.gather(
+        *(batcher.submit([i]) for i in range(10, 18)), return_exceptions=True
+    )
+    assert isinstance(results[3], RuntimeError)
+    assert [r for i, r in enumerate(results) if i != 3] == [
+        [i * 10] for i in range(10, 18) if i != 13
+    ]
+    assert max(len(b) for b in seen) > 1  # they did share a batch
+    assert batcher.retried_batches >= 1
+    assert batcher.health().healthy
+    await batcher.close()
+
+
 async def test_a_closed_batcher_is_unhealthy_and_refuses_work() -> None:
     batcher = MicroBatcher(Recorder(), wait_ms=0)
     assert batcher.health().healthy

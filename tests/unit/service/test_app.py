@@ -208,9 +208,10 @@ def test_bad_input_gets_422_naming_the_field(
     assert any(field in [str(p) for p in d["loc"]] for d in error["details"])
 
 
-def test_malformed_json_gets_422(client: TestClient) -> None:
+def test_malformed_json_gets_400_as_the_readme_says(client: TestClient) -> None:
     r = client.post("/solve", content=b"{not json", headers={"content-type": "application/json"})
-    assert_error(r, 422, "validation_error")
+    error = assert_error(r, 400, "bad_request")
+    assert "not valid JSON" in error["message"]
 
 
 def test_a_body_over_the_limit_gets_413_from_its_content_length(engines: FakeEngineSet) -> None:
@@ -241,11 +242,12 @@ def test_unknown_routes_and_methods_get_the_error_body(client: TestClient) -> No
     assert_error(client.get("/solve"), 405, "method_not_allowed")
 
 
-async def test_requests_beyond_max_in_flight_get_429_with_retry_after() -> None:
+async def test_requests_beyond_max_in_flight_and_a_full_queue_get_429_with_retry_after() -> None:
     engines = make_engines()
     gate = asyncio.Event()
     engines.policy = FakeGenerator("policy", constant(WRONG_DRAFT), gate=gate)
-    app = create_app(settings(limits={"max_in_flight": 1, "retry_after_s": 3}), engines)
+    limits = {"max_in_flight": 1, "max_queue": 0, "retry_after_s": 3}
+    app = create_app(settings(limits=limits), engines)
     async with async_client(app) as c:
         first = asyncio.create_task(c.post("/solve", json={"question": Q}))
         await engines.policy.started.wait()  # type: ignore[attr-defined]
@@ -334,18 +336,18 @@ def test_an_unexpected_error_is_a_500_without_a_traceback(
     error = assert_error(r, 500, "internal_error")
     assert "secret" not in r.text
     logs = capfd.readouterr().err
-    line = next(json.loads(s) for s in logs.splitlines() if "unhandled error" in s)
+    line = next(json.loads(s) for s in logs.splitlines() if "solve failed" in s)
     assert line["request_id"] == error["request_id"]
     assert "secret internal detail" in line["exc"]
 
 
-def test_an_engine_failure_is_a_502_naming_the_role(engines: FakeEngineSet) -> None:
+def test_an_engine_failure_is_a_500_naming_the_role(engines: FakeEngineSet) -> None:
     def dead(prompt: str, index: int) -> str:
         raise EngineError("worker died", role="policy", path="/models/p")
 
     engines.policy = FakeGenerator("policy", dead)
     with TestClient(create_app(settings(), engines)) as c:
-        error = assert_error(c.post("/solve", json={"question": Q}), 502, "engine_error")
+        error = assert_error(c.post("/solve", json={"question": Q}), 500, "engine_error")
     assert "policy" in error["message"] and "/models/p" not in error["message"]
 
 
@@ -501,7 +503,7 @@ def test_chat_completions_answers_the_last_user_message(client: TestClient) -> N
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ({"stream": True}, "stream"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"n": 2}, "n"),
         ({"max_tokens": 99999}, "max_tokens"),
         ({"num_samples": 999, "strategy": "best_of_n"}, "num_samples"),
