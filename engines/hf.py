@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from engines.base import (
     StepScores,
     TokenLogprobs,
 )
-from engines.batching import MicroBatcher
+from engines.batching import ContinuousBatcher, MicroBatcher
 from engines.text import STEP_TAG, reward_input
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,12 @@ class _HFEngine:
         except Exception as exc:
             raise EngineLoadError(f"cannot load {kind} checkpoint: {exc}", path=self.path) from exc
         self._torch = torch
-        self._batcher: MicroBatcher[Any, Any] = MicroBatcher(
+        self._batcher = self._make_batcher(max_batch_size, batch_wait_ms)
+
+    def _make_batcher(
+        self, max_batch_size: int, batch_wait_ms: float
+    ) -> MicroBatcher[Any, Any] | ContinuousBatcher[Any, Any]:
+        return MicroBatcher(
             self._run_batch, max_batch_size=max_batch_size, wait_ms=batch_wait_ms, name=self.name
         )
 
@@ -176,7 +181,7 @@ class _HFEngine:
         self.model = None
 
     @property
-    def batcher(self) -> MicroBatcher[Any, Any]:
+    def batcher(self) -> MicroBatcher[Any, Any] | ContinuousBatcher[Any, Any]:
         return self._batcher
 
 
@@ -204,8 +209,156 @@ class _Row:
     ids: list[int]  # the prompt's tokens, checked before the row joins a shared batch
 
 
+@dataclass
+class _Live:
+    """A row in the running batch: what it has generated and why it stopped."""
+
+    row: _Row
+    budget: int
+    generator: Any
+    out_ids: list[int] = field(default_factory=list)
+    cut_text: str | None = None
+    finish: FinishReason | None = None
+
+
+class _RunningBatch:
+    """The continuously batched decode of an HFGenerator (a batching.Decoder).
+
+    The rows share one left-padded KV cache. Rows that join are prefilled together, then their
+    cache is left-padded to the running one's width (or the reverse) and stacked under it; rows
+    that finish are selected out, and cache columns no row attends to any more are cut off.
+    Padding is masked and positions count real tokens only, so each row reads as if alone: greedy
+    text is that of static batching.
+    """
+
+    def __init__(self, gen: HFGenerator) -> None:
+        self._gen = gen
+        self.reset()
+
+    def reset(self) -> None:
+        self._keys: list[int] = []
+        self._rows: list[_Live] = []
+        self._cache: Any = None
+        self._mask: Any = None  # [rows, width]
+        self._positions: Any = None  # [rows, 1], each row's last position
+        self._next: list[int] = []  # the token each row feeds at the next step
+
+    @property
+    def size(self) -> int:
+        return len(self._keys)
+
+    def admit(self, rows: dict[int, _Row]) -> dict[int, Completion]:
+        gen = self._gen
+        new = [
+            _Live(
+                r, min(r.params.max_new_tokens, gen.max_positions - len(r.ids)), gen._generator(r)
+            )
+            for r in rows.values()
+        ]
+        with gen._torch.inference_mode():
+            cache, mask, positions, logits = gen._prefill([r.row for r in new])
+            tokens = gen._choose(
+                logits.float(), [r.row for r in new], [r.generator for r in new]
+            ).tolist()
+            first = len(self._keys)
+            self._join(list(rows), new, cache, mask, positions, tokens)
+        return self._settle(first)
+
+    def step(self) -> dict[int, Completion]:
+        gen, torch = self._gen, self._gen._torch
+        n = len(self._rows)
+        with torch.inference_mode():
+            self._mask = torch.cat([self._mask, self._mask.new_ones((n, 1))], dim=1)
+            self._positions = self._positions + 1
+            logits = gen.model(
+                input_ids=torch.tensor(self._next, device=gen.device).view(n, 1),
+                attention_mask=self._mask,
+                position_ids=self._positions,
+                past_key_values=self._cache,
+                use_cache=True,
+            ).logits[:, -1, :]
+            self._next = gen._choose(
+                logits.float(), [r.row for r in self._rows], [r.generator for r in self._rows]
+            ).tolist()
+        return self._settle()
+
+    def drop(self, keys: Sequence[int]) -> None:
+        gone = set(keys)
+        self._select([i for i, k in enumerate(self._keys) if k not in gone])
+
+    def _settle(self, first: int = 0) -> dict[int, Completion]:
+        """Rows from `first` on take their new token; finished rows leave the batch with their
+        completion (rows before `first` took theirs at the step before)."""
+        done: dict[int, Completion] = {}
+        keep = list(range(first))
+        for i in range(first, len(self._keys)):
+            row = self._rows[i]
+            if self._gen._take_token(row, self._next[i]):
+                done[self._keys[i]] = self._gen._finish(row)
+            else:
+                keep.append(i)
+        if done:
+            self._select(keep)
+        return done
+
+    def _select(self, keep: list[int]) -> None:
+        if len(keep) == len(self._keys):
+            return
+        if not keep:
+            self.reset()
+            return
+        torch = self._gen._torch
+        index = torch.tensor(keep, device=self._gen.device)
+        self._cache.batch_select_indices(index)
+        self._mask, self._positions = self._mask[index], self._positions[index]
+        self._keys = [self._keys[i] for i in keep]
+        self._rows = [self._rows[i] for i in keep]
+        self._next = [self._next[i] for i in keep]
+        # Columns that only padding fills now, for every row, are dead weight at every step.
+        unused = int((self._mask.sum(0) == 0).long().cumprod(0).sum())
+        if unused:
+            self._mask = self._mask[:, unused:]
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[..., unused:, :]
+                layer.values = layer.values[..., unused:, :]
+
+    def _join(
+        self,
+        keys: list[int],
+        rows: list[_Live],
+        cache: Any,
+        mask: Any,
+        positions: Any,
+        tokens: list[int],
+    ) -> None:
+        if not self._keys:
+            self._keys, self._rows, self._next = keys, rows, tokens
+            self._cache, self._mask, self._positions = cache, mask, positions
+            return
+        torch = self._gen._torch
+        width = max(self._mask.shape[1], mask.shape[1])
+
+        def widen(t: Any, dim: int) -> Any:
+            # Left-pad along `dim` (the sequence axis) with zeros: masked, never read.
+            short = width - t.shape[dim]
+            if not short:
+                return t
+            shape = list(t.shape)
+            shape[dim] = short
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        for old, joined in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([widen(old.keys, -2), widen(joined.keys, -2)], dim=0)
+            old.values = torch.cat([widen(old.values, -2), widen(joined.values, -2)], dim=0)
+        self._mask = torch.cat([widen(self._mask, 1), widen(mask, 1)], dim=0)
+        self._positions = torch.cat([self._positions, positions], dim=0)
+        self._keys += keys
+        self._rows += rows
+        self._next += tokens
+
+
 class HFGenerator(_HFEngine):
-    """A causal LM served by transformers: left-padded batches decoded with the KV cache."""
+    """A causal LM served by transformers, decoded with the KV cache and batched continuously."""
 
     def __init__(
         self,
@@ -242,6 +395,13 @@ class HFGenerator(_HFEngine):
             wait_ms=batch_wait_ms,
             name=f"{self.name}:logprobs",
         )
+
+    def _make_batcher(
+        self, max_batch_size: int, batch_wait_ms: float
+    ) -> ContinuousBatcher[Any, Any]:
+        # Generation is batched continuously: rows join and leave at every decoding step, so no
+        # wait window is needed (batch_wait_ms applies to the log-probability reader only).
+        return ContinuousBatcher(_RunningBatch(self), max_batch_size=max_batch_size, name=self.name)
 
     def health(self) -> EngineHealth:
         gen, reader = self._batcher.health(), self._reader.health()
@@ -333,37 +493,22 @@ class HFGenerator(_HFEngine):
             )
         return ids
 
-    def _run_batch(self, rows: list[_Row], cancelled: Callable[[], list[bool]]) -> list[Completion]:
-        with self._torch.inference_mode():
-            return self._decode(rows, [r.ids for r in rows], cancelled)
+    # ------------------------------------------------------------ continuous batching
 
-    def _decode(
-        self, rows: list[_Row], encoded: list[list[int]], cancelled: Callable[[], list[bool]]
-    ) -> list[Completion]:
+    def _prefill(self, rows: list[_Row]) -> tuple[Any, Any, Any, Any]:
+        """One left-padded forward pass over new rows: (cache, mask, last positions, logits)."""
         torch = self._torch
         from transformers import DynamicCache
 
-        b = len(rows)
-        width = max(len(ids) for ids in encoded)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((b, width), pad, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for i, ids in enumerate(encoded):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            mask[i, width - len(ids) :] = 1
+        width = max(len(r.ids) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r.ids) :] = torch.tensor(r.ids)
+            mask[i, width - len(r.ids) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         # Left padding: positions count real tokens only, so a row reads as if it were alone.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-
-        budget = [
-            min(r.params.max_new_tokens, self.max_positions - len(ids))
-            for r, ids in zip(rows, encoded, strict=True)
-        ]
-        generators = [self._generator(r) for r in rows]
-        out_ids: list[list[int]] = [[] for _ in rows]
-        cut_texts: list[str | None] = [None] * b
-        finish: list[str | None] = [None] * b
-
         cache = DynamicCache()
         logits = self.model(
             input_ids=input_ids,
@@ -373,57 +518,32 @@ class HFGenerator(_HFEngine):
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
-        active = list(range(b))  # original row index of each row still in the batch
-        while True:
-            next_ids = self._choose(
-                logits.float(), [rows[i] for i in active], [generators[i] for i in active]
-            ).tolist()
-            for i, t in zip(active, next_ids, strict=True):
-                out_ids[i].append(t)
-                if t in self.eos_ids:
-                    finish[i] = "stop"
-                    continue
-                if rows[i].params.stop:
-                    text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True)
-                    cut = _first_stop(text, rows[i].params.stop)
-                    if cut is not None:
-                        cut_texts[i], finish[i] = text[:cut], "stop"
-                        continue
-                if len(out_ids[i]) >= budget[i]:
-                    finish[i] = "length"
-            # Rows whose caller went away count as done, so an abandoned batch ends early.
-            gone = cancelled()
-            keep = [k for k, i in enumerate(active) if finish[i] is None and not gone[i]]
-            if not keep:
-                break
-            if len(keep) < len(active):
-                # Drop finished rows from the batch and its KV cache: the long tail runs lean.
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                active = [active[k] for k in keep]
-                next_ids = [next_ids[k] for k in keep]
-            n = len(active)
-            mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
-            positions = positions[:, -1:] + 1
-            logits = self.model(
-                input_ids=torch.tensor(next_ids, device=self.device).view(n, 1),
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1, :]
+        return cache, mask, positions[:, -1:], logits
 
-        results = []
-        for i in range(b):
-            text = cut_texts[i]
-            if text is None:
-                body = [t for t in out_ids[i] if t not in self.eos_ids]
-                text = self.tokenizer.decode(body, skip_special_tokens=True)
-            reason: FinishReason = "stop" if finish[i] == "stop" else "length"
-            # The token count includes a closing EOS, as vLLM counts it.
-            results.append(Completion(text, len(out_ids[i]), reason))
-        return results
+    def _finish(self, row: _Live) -> Completion:
+        text = row.cut_text
+        if text is None:
+            body = [t for t in row.out_ids if t not in self.eos_ids]
+            text = self.tokenizer.decode(body, skip_special_tokens=True)
+        # The token count includes a closing EOS, as vLLM counts it.
+        return Completion(text, len(row.out_ids), row.finish or "length")
+
+    def _take_token(self, row: _Live, token: int) -> bool:
+        """Append a chosen token to a row; True when the row is finished."""
+        row.out_ids.append(token)
+        if token in self.eos_ids:
+            row.finish = "stop"
+            return True
+        if row.row.params.stop:
+            text = self.tokenizer.decode(row.out_ids, skip_special_tokens=True)
+            cut = _first_stop(text, row.row.params.stop)
+            if cut is not None:
+                row.cut_text, row.finish = text[:cut], "stop"
+                return True
+        if len(row.out_ids) >= row.budget:
+            row.finish = "length"
+            return True
+        return False
 
     def _generator(self, row: _Row) -> Any:
         if row.params.seed is None or row.params.temperature == 0:
