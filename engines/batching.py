@@ -49,7 +49,8 @@ class BatcherStats:
 
 
 class MicroBatcher(Generic[T, R]):
-    """Collects items for up to `wait_ms` (or `max_batch_size` items) and runs `fn` on them."""
+    """Runs `fn` on queued items: a lone item at once, else what is queued plus what arrives
+    within `wait_ms` (up to `max_batch_size` items)."""
 
     def __init__(
         self,
@@ -144,6 +145,10 @@ class MicroBatcher(Generic[T, R]):
         assert isinstance(first, _Pending)
         if first.future.set_running_or_notify_cancel():
             batch.append(first)
+        if self._queue.empty():
+            # Idle: nothing else is waiting, so waiting for company would only add latency. Under
+            # load, callers queue while a batch runs and the next one takes them together.
+            return batch, False
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()

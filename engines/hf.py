@@ -10,6 +10,7 @@ token-classification loss and vLLM serves the same checkpoint unchanged through 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -185,18 +186,23 @@ class _HFEngine:
         return self._batcher
 
 
-def _adapter_path(
+def _check_adapters(
     path: str | Path, adapters: dict[str, str] | None, adapter: str | None
-) -> str | None:
-    if adapter is None:
-        return None
-    if not adapters or adapter not in adapters:
+) -> dict[str, str]:
+    """The adapters to load (name -> folder), refusing a missing folder or an unknown choice."""
+    adapters = dict(adapters or {})
+    if adapter is not None and adapter not in adapters:
         raise EngineLoadError(
-            f"adapter {adapter!r} is not in lora_adapters {sorted(adapters or {})}", path=str(path)
+            f"adapter {adapter!r} is not in lora_adapters {sorted(adapters)}", path=str(path)
         )
-    if not Path(adapters[adapter]).is_dir():
-        raise EngineLoadError(f"no LoRA adapter {adapter!r} at {adapters[adapter]}", path=str(path))
-    return adapters[adapter]
+    for name, folder in adapters.items():
+        if not Path(folder).is_dir():
+            raise EngineLoadError(f"no LoRA adapter {name!r} at {folder}", path=str(path))
+    return adapters
+
+
+# peft's name for "no adapter" in a mixed-adapter batch.
+_BASE = "__base__"
 
 
 @dataclass
@@ -207,6 +213,7 @@ class _Row:
     params: SamplingParams
     sample: int
     ids: list[int]  # the prompt's tokens, checked before the row joins a shared batch
+    adapter: str | None = None  # the LoRA adapter this row is decoded with (None: the base)
 
 
 @dataclass
@@ -276,6 +283,7 @@ class _RunningBatch:
                 position_ids=self._positions,
                 past_key_values=self._cache,
                 use_cache=True,
+                **gen._adapter_kwargs([r.row.adapter for r in self._rows]),
             ).logits[:, -1, :]
             self._next = gen._choose(
                 logits.float(), [r.row for r in self._rows], [r.generator for r in self._rows]
@@ -372,8 +380,8 @@ class HFGenerator(_HFEngine):
         lora_adapters: dict[str, str] | None = None,
         adapter: str | None = None,
     ) -> None:
-        # Read by _load_model: the chosen LoRA adapter is merged into the weights once.
-        self._adapter_path = _adapter_path(path, lora_adapters, adapter)
+        # Read by _load_model: every adapter is loaded, unmerged, over the one base model.
+        self._adapters = _check_adapters(path, lora_adapters, adapter)
         super().__init__(
             path,
             device=device,
@@ -389,7 +397,7 @@ class HFGenerator(_HFEngine):
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
         # Reading log-probabilities is one forward pass per row: its own batcher, so a scoring
         # call never waits behind a long generation batch (and vice versa).
-        self._reader: MicroBatcher[tuple[list[int], int], TokenLogprobs] = MicroBatcher(
+        self._reader: MicroBatcher[tuple[list[int], int, str | None], TokenLogprobs] = MicroBatcher(
             self._read_batch,
             max_batch_size=max_batch_size,
             wait_ms=batch_wait_ms,
@@ -414,12 +422,38 @@ class HFGenerator(_HFEngine):
     def _load_model(self) -> Any:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
-        if self._adapter_path is not None:
+        model: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
+        if self._adapters:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, self._adapter_path).merge_and_unload()
+            # Unmerged: each row names its adapter (peft's mixed-adapter batches), so roles
+            # fine-tuned as adapters of one base share its weights, batches and KV cache.
+            (first, folder), *rest = sorted(self._adapters.items())
+            model = PeftModel.from_pretrained(model, folder, adapter_name=first)
+            for name, folder in rest:
+                model.load_adapter(folder, adapter_name=name)
         return model
+
+    def with_adapter(self, adapter: str | None) -> HFGenerator:
+        """A view of this engine that decodes with another loaded LoRA adapter (None: the base).
+
+        Views share the model, its batcher and so its running batch; closing one closes all.
+        """
+        if adapter is not None and adapter not in self._adapters:
+            raise ValueError(
+                f"adapter: unknown LoRA adapter {adapter!r}; loaded: {sorted(self._adapters)}"
+            )
+        view = copy.copy(self)
+        view.adapter = adapter
+        if adapter is not None:
+            view.name = f"{self.name}+{adapter}"
+        return view
+
+    def _adapter_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
+        """Forward-pass arguments naming each row's adapter, when adapters are loaded."""
+        if not self._adapters:
+            return {}
+        return {"adapter_names": [a or _BASE for a in adapters]}
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -440,7 +474,7 @@ class HFGenerator(_HFEngine):
         # never the other callers' rows micro-batched with it.
         encoded = [self._encode(p) for p in prompts]
         rows = [
-            _Row(p, params, j, ids)
+            _Row(p, params, j, ids, self.adapter)
             for p, ids in zip(prompts, encoded, strict=True)
             for j in range(params.n)
         ]
@@ -449,8 +483,8 @@ class HFGenerator(_HFEngine):
 
     async def logprobs(self, requests: Sequence[LikelihoodRequest]) -> list[TokenLogprobs]:
         """Each completion's token log-probabilities given its prompt (one forward pass each)."""
-        items = [likelihood_token_ids(self.tokenizer, r) for r in requests]
-        for ids, _ in items:
+        items = [(*likelihood_token_ids(self.tokenizer, r), self.adapter) for r in requests]
+        for ids, _, _ in items:
             if len(ids) > self.max_positions:
                 raise ValueError(
                     f"completion: prompt and completion have {len(ids)} tokens, the model takes "
@@ -461,26 +495,28 @@ class HFGenerator(_HFEngine):
     # ------------------------------------------------------------ worker thread
 
     def _read_batch(
-        self, items: list[tuple[list[int], int]], cancelled: Callable[[], list[bool]]
+        self, items: list[tuple[list[int], int, str | None]], cancelled: Callable[[], list[bool]]
     ) -> list[TokenLogprobs]:
         torch = self._torch
         # Right padding: a causal model's readings at real tokens ignore what follows them.
-        width = max(len(ids) for ids, _ in items)
+        width = max(len(ids) for ids, _, _ in items)
         input_ids = torch.full((len(items), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
-        for i, (ids, _) in enumerate(items):
+        for i, (ids, _, _) in enumerate(items):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             mask[i, : len(ids)] = 1
         with torch.inference_mode():
             logits = self.model(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                **self._adapter_kwargs([a for _, _, a in items]),
             ).logits.float()  # [batch, width, vocab]
             logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
             picked = logp.gather(-1, input_ids[:, 1:, None].to(self.device))[..., 0].cpu()
         # Token t (t >= n_prompt) is read at position t - 1.
         return [
             TokenLogprobs(tuple(float(x) for x in picked[i, n - 1 : len(ids) - 1]))
-            for i, (ids, n) in enumerate(items)
+            for i, (ids, n, _) in enumerate(items)
         ]
 
     def _encode(self, prompt: str) -> list[int]:
@@ -517,6 +553,7 @@ class HFGenerator(_HFEngine):
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **self._adapter_kwargs([r.adapter for r in rows]),
         ).logits[:, -1, :]
         return cache, mask, positions[:, -1:], logits
 

@@ -175,3 +175,12 @@ def test_bad_settings_are_refused_with_the_field_named() -> None:
         MicroBatcher(Recorder(), max_batch_size=0)
     with pytest.raises(ValueError, match="batch_wait_ms"):
         MicroBatcher(Recorder(), wait_ms=-1)
+
+
+async def test_an_idle_batcher_dispatches_a_lone_item_without_waiting_its_window() -> None:
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=64, wait_ms=2000)
+    started = time.monotonic()
+    assert await batcher.submit([3]) == [30]
+    assert time.monotonic() - started < 1.0
+    await batcher.close()
