@@ -107,8 +107,10 @@ def _share_key(role: Role, spec: EngineSpec) -> tuple[Any, ...]:
 class EngineSet:
     """The loaded engines by role. Roles may share one engine object."""
 
-    def __init__(self, engines: Mapping[Role, Engine]) -> None:
+    def __init__(self, engines: Mapping[Role, Engine], loaded: Iterable[Engine] = ()) -> None:
         self._by_role: dict[Role, Engine] = {Role(r): e for r, e in engines.items()}
+        # The engines actually loaded, when roles hold views of them (one per LoRA adapter).
+        self._loaded = list(loaded)
 
     @property
     def roles(self) -> set[Role]:
@@ -156,6 +158,9 @@ class EngineSet:
         return self.scorer(Role.SORM)
 
     def unique_engines(self) -> list[Engine]:
+        """Each loaded engine once, however many roles (or adapter views) it serves."""
+        if self._loaded:
+            return list(self._loaded)
         seen: dict[int, Engine] = {}
         for e in self._by_role.values():
             seen.setdefault(id(e), e)
@@ -224,7 +229,7 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     except BaseException:
         _close_now(list(loaded.values()))
         raise
-    return EngineSet(by_role)
+    return EngineSet(by_role, loaded.values())
 
 
 def run_dir_specs(
