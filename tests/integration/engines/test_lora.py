@@ -90,7 +90,7 @@ async def test_a_run_with_refiner_adapters_serves_three_roles_from_one_engine(
     backend: str,
 ) -> None:
     run = _adapter_run(tiny_checkpoints, adapters, tmp_path)
-    options = {**VLLM_OPTIONS, "max_lora_rank": 8} if backend == "vllm" else {"device": "cpu"}
+    options = dict(VLLM_OPTIONS) if backend == "vllm" else {"device": "cpu"}
     engines = load_engines(run_dir_specs(run, backend=Backend(backend), options=options))
     try:
         # One generator engine (policy + both refiners), one scorer (ORM and SORM share a file).
