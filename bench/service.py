@@ -511,6 +511,11 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def target_rows(both: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every backend's target rows (reports older than the rows carry none)."""
+    return [t for r in both.values() if isinstance(r.get("targets"), list) for t in r["targets"]]
+
+
 def relative_path(path: Path) -> str:
     """A path as a committed report shows it: relative to the repository when inside it, else
     its last two parts (never the absolute path of the machine that ran the bench)."""
@@ -688,7 +693,7 @@ def write_reports(report: dict[str, Any], out: Path) -> list[Path]:
         if p.is_file():
             both[backend] = json.loads(p.read_text())
     combined = [out / "bench-service.json", out / "bench-service.md"]
-    every = [t for r in both.values() for t in r.get("targets", [])]
+    every = target_rows(both)
     combined[0].write_text(json.dumps({"targets": every, "backends": both}, indent=2) + "\n")
     combined[1].write_text(combined_markdown(both))
     return paths + combined
@@ -867,7 +872,7 @@ def combined_markdown(both: dict[str, dict[str, Any]]) -> str:
     row("cold start to /ready", "", lambda r: f"{r['cold_start_s']:.1f} s")
     row("peak RSS (process tree)", "", lambda r: f"{r['peak_rss_mib']:.0f} MiB")
     row("5xx during the run", "0", lambda r: str(r["summary"]["errors_5xx"]))
-    every = [t for r in both.values() for t in r.get("targets", [])]
+    every = target_rows(both)
     if every:
         lines += [
             "",
