@@ -51,6 +51,25 @@ async def _timed(fn: Callable[[], Awaitable[float]], min_seconds: float) -> Time
             return Timed(elapsed, reps, units)
 
 
+async def _timed_pair(
+    a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], min_seconds: float
+) -> tuple[Timed, Timed]:
+    """Time two workloads in alternation, so that a neighbour's burst on a shared machine
+    slows both alike and their ratio stays fair; each runs until it has had min_seconds."""
+    await a()
+    await b()
+    spent = [0.0, 0.0]
+    units = [0.0, 0.0]
+    reps = [0, 0]
+    while min(spent) < min_seconds:
+        for i, fn in enumerate((a, b)):
+            start = time.perf_counter()
+            units[i] += await fn()
+            spent[i] += time.perf_counter() - start
+            reps[i] += 1
+    return Timed(spent[0], reps[0], units[0]), Timed(spent[1], reps[1], units[1])
+
+
 def _use_checkout() -> None:
     # The tiny checkpoints and problems come from this checkout's test helpers.
     if str(ROOT) not in sys.path:
@@ -114,8 +133,7 @@ async def bench_scoring(scorer: Scorer, batches: list[int], min_seconds: float) 
             await scorer.score(pre)
             return float(len(batch))
 
-        fast = await _timed(one_pass, min_seconds)
-        slow = await _timed(per_prefix, min_seconds)
+        fast, slow = await _timed_pair(one_pass, per_prefix, min_seconds)
         out[str(b)] = {
             "one_pass_solutions_per_s": round(fast.rate, 1),
             "per_prefix_solutions_per_s": round(slow.rate, 1),
@@ -139,8 +157,7 @@ async def bench_microbatcher(
         await asyncio.gather(*(gen.generate([p], params) for p in prompts))
         return float(len(prompts))
 
-    seq = await _timed(sequential, min_seconds)
-    con = await _timed(concurrent, min_seconds)
+    seq, con = await _timed_pair(sequential, concurrent, min_seconds)
     return {
         "callers": callers,
         "sequential_requests_per_s": round(seq.rate, 2),
