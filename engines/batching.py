@@ -68,7 +68,10 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000.0
         self.name = name
-        self._queue: queue.SimpleQueue[_Pending[T] | object] = queue.SimpleQueue()
+        # One entry per submit call: a caller's items reach the worker together, so an idle
+        # worker never starts a batch with only the first of them.
+        self._queue: queue.SimpleQueue[list[_Pending[T]] | object] = queue.SimpleQueue()
+        self._carry: list[_Pending[T]] = []  # a call's items that did not fit the last batch
         self._closed = False
         self._crash: BaseException | None = None
         self._batches = 0
@@ -83,8 +86,8 @@ class MicroBatcher(Generic[T, R]):
         """Results for `items`, in order. Cancelling the awaiting task drops the items' work."""
         self._check_alive()
         pending = [_Pending(item, concurrent.futures.Future()) for item in items]
-        for p in pending:
-            self._queue.put(p)
+        if pending:
+            self._queue.put(pending)
         try:
             return list(await asyncio.gather(*(asyncio.wrap_future(p.future) for p in pending)))
         finally:
@@ -137,17 +140,18 @@ class MicroBatcher(Generic[T, R]):
             self._fail_queued()
 
     def _collect(self) -> tuple[list[_Pending[T]], bool]:
-        """Block for one item, then gather more until the window closes or the batch is full."""
+        """Block for work, then gather more until the window closes or the batch is full."""
         batch: list[_Pending[T]] = []
-        first = self._queue.get()
-        if first is _STOP:
-            return batch, True
-        assert isinstance(first, _Pending)
-        if first.future.set_running_or_notify_cancel():
-            batch.append(first)
-        if self._queue.empty():
-            # Idle: nothing else is waiting, so waiting for company would only add latency. Under
-            # load, callers queue while a batch runs and the next one takes them together.
+        if not self._carry:
+            first = self._queue.get()
+            if first is _STOP:
+                return batch, True
+            assert isinstance(first, list)
+            self._carry = list(first)  # a copy: the caller keeps its own list
+        self._take_carry(batch)
+        if self._carry or self._queue.empty():
+            # Full, or idle: nothing else is waiting, so waiting for company would only add
+            # latency. Under load, callers queue while a batch runs and the next takes them.
             return batch, False
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch_size:
@@ -162,11 +166,17 @@ class MicroBatcher(Generic[T, R]):
                 break
             if nxt is _STOP:
                 return batch, True
-            assert isinstance(nxt, _Pending)
-            # Items whose caller was cancelled while queued are dropped here, unrun.
-            if nxt.future.set_running_or_notify_cancel():
-                batch.append(nxt)
+            assert isinstance(nxt, list)
+            self._carry = list(nxt)
+            self._take_carry(batch)
         return batch, False
+
+    def _take_carry(self, batch: list[_Pending[T]]) -> None:
+        while self._carry and len(batch) < self.max_batch_size:
+            p = self._carry.pop(0)
+            # Items whose caller was cancelled while queued are dropped here, unrun.
+            if p.future.set_running_or_notify_cancel():
+                batch.append(p)
 
     def _run_batch(self, batch: list[_Pending[T]]) -> None:
         self._batches += 1
@@ -195,12 +205,16 @@ class MicroBatcher(Generic[T, R]):
 
     def _fail_queued(self) -> None:
         err = EngineError(f"{self.name} is closed" if self._closed else f"{self.name} crashed")
+        left, self._carry = self._carry, []
         while True:
             try:
-                p = self._queue.get_nowait()
+                entry = self._queue.get_nowait()
             except queue.Empty:
-                return
-            if isinstance(p, _Pending) and p.future.set_running_or_notify_cancel():
+                break
+            if isinstance(entry, list):
+                left += entry
+        for p in left:
+            if p.future.set_running_or_notify_cancel():
                 p.future.set_exception(err)
 
 
