@@ -22,6 +22,9 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "glore_auto": {"strategy": "glore", "refine": "auto"},
 }
 TARGETS = {"overhead_ratio_c1_max": 1.15, "batching_speedup_c16_min": 4.0}
+# Footprint targets (issue 14), for the backend they were set on.
+FOOTPRINT_TARGETS = {"vllm": {"cold_start_s_max": 20.0, "peak_rss_gib_max": 2.5}}
+ROOT = Path(__file__).resolve().parents[1]
 VLLM_OPTIONS = {"cpu_kvcache_space_gib": 1, "enforce_eager": True}
 
 
@@ -430,7 +433,7 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "backend": args.backend,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run": {"path": str(run_dir), "source": source},
+        "run": {"path": relative_path(run_dir), "source": source},
         "settings": {
             "levels": levels,
             "requests": {str(c): n for c, n in counts.items()},
@@ -441,7 +444,7 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
             "engine_options": options,
         },
         "host": _host(),
-        "targets": TARGETS,
+        "target_limits": {**TARGETS, **FOOTPRINT_TARGETS.get(args.backend, {})},
     }
     import torch
 
@@ -504,7 +507,89 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
     report["host"]["loadavg_before"] = load_before
     report["host"]["loadavg_after"] = os.getloadavg()
     report["summary"] = summarise(report, args.eval_report)
+    report["targets"] = targets(report)
     return report
+
+
+def target_rows(both: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every backend's target rows (reports older than the rows carry none)."""
+    return [t for r in both.values() if isinstance(r.get("targets"), list) for t in r["targets"]]
+
+
+def relative_path(path: Path) -> str:
+    """A path as a committed report shows it: relative to the repository when inside it, else
+    its last two parts (never the absolute path of the machine that ran the bench)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(Path(*p.parts[-2:]))
+
+
+def _target(
+    name: str, backend: str, strategy: str | None, value: float, limit: float, *, at_most: bool
+) -> dict[str, Any]:
+    met = value <= limit if at_most else value >= limit
+    return {
+        "name": name,
+        "backend": backend,
+        "strategy": strategy,
+        "value": round(value, 3),
+        "target": f"<= {limit:g}" if at_most else f">= {limit:g}",
+        "met": met,
+    }
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target as a row {name, backend, strategy, value, target, met}."""
+    backend, sm = report["backend"], report["summary"]
+    rows = [
+        _target(
+            "overhead_solve_over_raw_c1",
+            backend,
+            k,
+            v,
+            TARGETS["overhead_ratio_c1_max"],
+            at_most=True,
+        )
+        for k, v in sm["overhead_ratio_c1"].items()
+    ]
+    speedup = sm["batching_speedup"]
+    rows += [
+        _target(
+            f"throughput_c{speedup['to']}_over_c{speedup['from']}",
+            backend,
+            k,
+            v,
+            TARGETS["batching_speedup_c16_min"],
+            at_most=False,
+        )
+        for k, v in speedup["by_strategy"].items()
+    ]
+    footprint = FOOTPRINT_TARGETS.get(backend, {})
+    if "cold_start_s_max" in footprint:
+        rows.append(
+            _target(
+                "cold_start_to_ready_s",
+                backend,
+                None,
+                report["cold_start_s"],
+                footprint["cold_start_s_max"],
+                at_most=True,
+            )
+        )
+    if "peak_rss_gib_max" in footprint:
+        rows.append(
+            _target(
+                "peak_rss_gib",
+                backend,
+                None,
+                report["peak_rss_mib"] / 1024,
+                footprint["peak_rss_gib_max"],
+                at_most=True,
+            )
+        )
+    return rows
 
 
 def _host() -> dict[str, Any]:
@@ -608,7 +693,8 @@ def write_reports(report: dict[str, Any], out: Path) -> list[Path]:
         if p.is_file():
             both[backend] = json.loads(p.read_text())
     combined = [out / "bench-service.json", out / "bench-service.md"]
-    combined[0].write_text(json.dumps({"backends": both}, indent=2) + "\n")
+    every = target_rows(both)
+    combined[0].write_text(json.dumps({"targets": every, "backends": both}, indent=2) + "\n")
     combined[1].write_text(combined_markdown(both))
     return paths + combined
 
@@ -786,6 +872,20 @@ def combined_markdown(both: dict[str, dict[str, Any]]) -> str:
     row("cold start to /ready", "", lambda r: f"{r['cold_start_s']:.1f} s")
     row("peak RSS (process tree)", "", lambda r: f"{r['peak_rss_mib']:.0f} MiB")
     row("5xx during the run", "0", lambda r: str(r["summary"]["errors_5xx"]))
+    every = target_rows(both)
+    if every:
+        lines += [
+            "",
+            "## Targets",
+            "",
+            "| target | backend | strategy | value | target | met |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {t['name']} | {t['backend']} | {t['strategy'] or ''} | {t['value']:g} | "
+            f"{t['target']} | {'met' if t['met'] else 'MISSED'} |"
+            for t in every
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from engines.base import EngineError, EngineHealth
 
@@ -48,7 +49,8 @@ class BatcherStats:
 
 
 class MicroBatcher(Generic[T, R]):
-    """Collects items for up to `wait_ms` (or `max_batch_size` items) and runs `fn` on them."""
+    """Runs `fn` on queued items: a lone item at once, else what is queued plus what arrives
+    within `wait_ms` (up to `max_batch_size` items)."""
 
     def __init__(
         self,
@@ -66,7 +68,10 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000.0
         self.name = name
-        self._queue: queue.SimpleQueue[_Pending[T] | object] = queue.SimpleQueue()
+        # One entry per submit call: a caller's items reach the worker together, so an idle
+        # worker never starts a batch with only the first of them.
+        self._queue: queue.SimpleQueue[list[_Pending[T]] | object] = queue.SimpleQueue()
+        self._carry: list[_Pending[T]] = []  # a call's items that did not fit the last batch
         self._closed = False
         self._crash: BaseException | None = None
         self._batches = 0
@@ -83,8 +88,8 @@ class MicroBatcher(Generic[T, R]):
         """Results for `items`, in order. Cancelling the awaiting task drops the items' work."""
         self._check_alive()
         pending = [_Pending(item, concurrent.futures.Future()) for item in items]
-        for p in pending:
-            self._queue.put(p)
+        if pending:
+            self._queue.put(pending)
         try:
             return list(await asyncio.gather(*(asyncio.wrap_future(p.future) for p in pending)))
         finally:
@@ -137,14 +142,19 @@ class MicroBatcher(Generic[T, R]):
             self._fail_queued()
 
     def _collect(self) -> tuple[list[_Pending[T]], bool]:
-        """Block for one item, then gather more until the window closes or the batch is full."""
+        """Block for work, then gather more until the window closes or the batch is full."""
         batch: list[_Pending[T]] = []
-        first = self._queue.get()
-        if first is _STOP:
-            return batch, True
-        assert isinstance(first, _Pending)
-        if first.future.set_running_or_notify_cancel():
-            batch.append(first)
+        if not self._carry:
+            first = self._queue.get()
+            if first is _STOP:
+                return batch, True
+            assert isinstance(first, list)
+            self._carry = list(first)  # a copy: the caller keeps its own list
+        self._take_carry(batch)
+        if self._carry or self._queue.empty():
+            # Full, or idle: nothing else is waiting, so waiting for company would only add
+            # latency. Under load, callers queue while a batch runs and the next takes them.
+            return batch, False
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
@@ -158,11 +168,17 @@ class MicroBatcher(Generic[T, R]):
                 break
             if nxt is _STOP:
                 return batch, True
-            assert isinstance(nxt, _Pending)
-            # Items whose caller was cancelled while queued are dropped here, unrun.
-            if nxt.future.set_running_or_notify_cancel():
-                batch.append(nxt)
+            assert isinstance(nxt, list)
+            self._carry = list(nxt)
+            self._take_carry(batch)
         return batch, False
+
+    def _take_carry(self, batch: list[_Pending[T]]) -> None:
+        while self._carry and len(batch) < self.max_batch_size:
+            p = self._carry.pop(0)
+            # Items whose caller was cancelled while queued are dropped here, unrun.
+            if p.future.set_running_or_notify_cancel():
+                batch.append(p)
 
     def _run_batch(self, batch: list[_Pending[T]]) -> None:
         self._batches += 1
@@ -205,6 +221,193 @@ class MicroBatcher(Generic[T, R]):
     @staticmethod
     def _fail(batch: list[_Pending[T]], exc: BaseException) -> None:
         for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
+
+    def _fail_queued(self) -> None:
+        err = EngineError(f"{self.name} is closed" if self._closed else f"{self.name} crashed")
+        left, self._carry = self._carry, []
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(entry, list):
+                left += entry
+        for p in left:
+            if p.future.set_running_or_notify_cancel():
+                p.future.set_exception(err)
+
+
+class Decoder(Protocol[T, R]):
+    """Step-wise work for a ContinuousBatcher: rows join and leave between steps.
+
+    Every method runs on the batcher's worker thread. `admit` and `step` return the rows that
+    finished, by key; a finished row has left the decoder.
+    """
+
+    def admit(self, rows: dict[int, T]) -> dict[int, R]: ...
+
+    def step(self) -> dict[int, R]: ...
+
+    def drop(self, keys: Sequence[int]) -> None: ...
+
+    def reset(self) -> None: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ContinuousStats:
+    steps: int
+    items: int
+    largest_batch: int
+    # Rows that joined while other rows were decoding: what static batching cannot do.
+    joined_running: int
+
+
+class ContinuousBatcher(Generic[T, R]):
+    """Runs a Decoder step by step on one worker thread: queued items join the running batch at
+    every step (up to `max_batch_size` rows) and finished rows leave it, so a request never waits
+    for a batch's longest row. Callers await from any event loop, as with MicroBatcher."""
+
+    def __init__(self, decoder: Decoder[T, R], *, max_batch_size: int = 64, name: str) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._decoder = decoder
+        self.max_batch_size = max_batch_size
+        self.name = name
+        self._queue: queue.SimpleQueue[_Pending[T] | object] = queue.SimpleQueue()
+        self._live: dict[int, _Pending[T]] = {}
+        self._next_key = 0
+        self._closed = False
+        self._crash: BaseException | None = None
+        self._steps = self._items = self._largest = self._joined_running = 0
+        self._thread = threading.Thread(target=self._run, name=f"glore-{name}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ caller side
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """Results for `items`, in order. Cancelling the awaiting task drops its rows."""
+        self._check_alive()
+        pending = [_Pending(item, concurrent.futures.Future()) for item in items]
+        for p in pending:
+            self._queue.put(p)
+        try:
+            return list(await asyncio.gather(*(asyncio.wrap_future(p.future) for p in pending)))
+        finally:
+            for p in pending:
+                p.abandoned = True
+                p.future.cancel()
+
+    def health(self) -> EngineHealth:
+        if self._closed:
+            return EngineHealth(False, "closed")
+        if self._crash is not None:
+            return EngineHealth(False, f"worker crashed: {self._crash!r}")
+        if not self._thread.is_alive():
+            return EngineHealth(False, "worker thread is not running")
+        return EngineHealth(True, f"{self._steps} steps, {self._items} items")
+
+    @property
+    def stats(self) -> ContinuousStats:
+        return ContinuousStats(self._steps, self._items, self._largest, self._joined_running)
+
+    @property
+    def running(self) -> int:
+        """Rows in the batch now (read from any thread; a snapshot)."""
+        return len(self._live)
+
+    async def close(self) -> None:
+        """Stop taking work, fail what is queued, and wait for the running rows to finish."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def _check_alive(self) -> None:
+        state = self.health()
+        if not state.healthy:
+            raise EngineError(f"{self.name} is not serving: {state.detail}")
+
+    # ------------------------------------------------------------ worker side
+
+    def _run(self) -> None:
+        stopping = False
+        try:
+            while True:
+                # Idle: block for work. Busy: take what is queued now, never wait for more.
+                joining, stop = self._take(block=not self._live and not stopping)
+                stopping = stopping or stop
+                if stopping and not self._live and not joining:
+                    break
+                self._drop_abandoned()
+                if joining:
+                    self._guarded(functools.partial(self._admit, joining))
+                if self._live:
+                    self._guarded(self._decoder.step)
+                    self._steps += 1
+        except BaseException as exc:  # the worker must never die silently
+            self._crash = exc
+            log.exception("%s worker crashed", self.name)
+            self._fail_live(EngineError(f"{self.name} worker crashed: {exc!r}"))
+        finally:
+            self._fail_queued()
+
+    def _take(self, *, block: bool) -> tuple[dict[int, _Pending[T]], bool]:
+        room = self.max_batch_size - len(self._live)
+        joining: dict[int, _Pending[T]] = {}
+        stop = False
+        while len(joining) < room:
+            try:
+                nxt = self._queue.get() if block and not joining else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                stop = True
+                break
+            assert isinstance(nxt, _Pending)
+            # Items whose caller was cancelled while queued are dropped here, unrun.
+            if nxt.future.set_running_or_notify_cancel():
+                joining[self._next_key] = nxt
+                self._next_key += 1
+        return joining, stop
+
+    def _admit(self, joining: dict[int, _Pending[T]]) -> dict[int, R]:
+        if self._live:
+            self._joined_running += len(joining)
+        self._live.update(joining)
+        self._items += len(joining)
+        self._largest = max(self._largest, len(self._live))
+        return self._decoder.admit({k: p.item for k, p in joining.items()})
+
+    def _guarded(self, fn: Callable[[], dict[int, R]]) -> None:
+        """Run one admit or step; resolve finished rows. An error fails every live row, since
+        the decoder's batch state can no longer be trusted, and the decoder starts afresh."""
+        try:
+            finished = fn()
+        except Exception as exc:
+            self._fail_live(exc)
+            self._decoder.reset()
+            return
+        for key, result in finished.items():
+            p = self._live.pop(key)
+            if not p.future.done():
+                p.future.set_result(result)
+
+    def _drop_abandoned(self) -> None:
+        gone = [k for k, p in self._live.items() if p.abandoned]
+        if gone:
+            self._decoder.drop(gone)
+            for k in gone:
+                del self._live[k]
+
+    def _fail_live(self, exc: BaseException) -> None:
+        live, self._live = self._live, {}
+        for p in live.values():
             if not p.future.done():
                 p.future.set_exception(exc)
 

@@ -10,9 +10,10 @@ token-classification loss and vLLM serves the same checkpoint unchanged through 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from engines.base import (
     StepScores,
     TokenLogprobs,
 )
-from engines.batching import MicroBatcher
+from engines.batching import ContinuousBatcher, MicroBatcher
 from engines.text import STEP_TAG, reward_input
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,12 @@ class _HFEngine:
         except Exception as exc:
             raise EngineLoadError(f"cannot load {kind} checkpoint: {exc}", path=self.path) from exc
         self._torch = torch
-        self._batcher: MicroBatcher[Any, Any] = MicroBatcher(
+        self._batcher = self._make_batcher(max_batch_size, batch_wait_ms)
+
+    def _make_batcher(
+        self, max_batch_size: int, batch_wait_ms: float
+    ) -> MicroBatcher[Any, Any] | ContinuousBatcher[Any, Any]:
+        return MicroBatcher(
             self._run_batch, max_batch_size=max_batch_size, wait_ms=batch_wait_ms, name=self.name
         )
 
@@ -187,22 +193,27 @@ class _HFEngine:
         self.model = None
 
     @property
-    def batcher(self) -> MicroBatcher[Any, Any]:
+    def batcher(self) -> MicroBatcher[Any, Any] | ContinuousBatcher[Any, Any]:
         return self._batcher
 
 
-def _adapter_path(
+def _check_adapters(
     path: str | Path, adapters: dict[str, str] | None, adapter: str | None
-) -> str | None:
-    if adapter is None:
-        return None
-    if not adapters or adapter not in adapters:
+) -> dict[str, str]:
+    """The adapters to load (name -> folder), refusing a missing folder or an unknown choice."""
+    adapters = dict(adapters or {})
+    if adapter is not None and adapter not in adapters:
         raise EngineLoadError(
-            f"adapter {adapter!r} is not in lora_adapters {sorted(adapters or {})}", path=str(path)
+            f"adapter {adapter!r} is not in lora_adapters {sorted(adapters)}", path=str(path)
         )
-    if not Path(adapters[adapter]).is_dir():
-        raise EngineLoadError(f"no LoRA adapter {adapter!r} at {adapters[adapter]}", path=str(path))
-    return adapters[adapter]
+    for name, folder in adapters.items():
+        if not Path(folder).is_dir():
+            raise EngineLoadError(f"no LoRA adapter {name!r} at {folder}", path=str(path))
+    return adapters
+
+
+# peft's name for "no adapter" in a mixed-adapter batch.
+_BASE = "__base__"
 
 
 @dataclass
@@ -213,10 +224,160 @@ class _Row:
     params: SamplingParams
     sample: int
     ids: list[int]  # the prompt's tokens, checked before the row joins a shared batch
+    adapter: str | None = None  # the LoRA adapter this row is decoded with (None: the base)
+
+
+@dataclass
+class _Live:
+    """A row in the running batch: what it has generated and why it stopped."""
+
+    row: _Row
+    budget: int
+    generator: Any
+    out_ids: list[int] = field(default_factory=list)
+    cut_text: str | None = None
+    finish: FinishReason | None = None
+
+
+class _RunningBatch:
+    """The continuously batched decode of an HFGenerator (a batching.Decoder).
+
+    The rows share one left-padded KV cache. Rows that join are prefilled together, then their
+    cache is left-padded to the running one's width (or the reverse) and stacked under it; rows
+    that finish are selected out, and cache columns no row attends to any more are cut off.
+    Padding is masked and positions count real tokens only, so each row reads as if alone: greedy
+    text is that of static batching.
+    """
+
+    def __init__(self, gen: HFGenerator) -> None:
+        self._gen = gen
+        self.reset()
+
+    def reset(self) -> None:
+        self._keys: list[int] = []
+        self._rows: list[_Live] = []
+        self._cache: Any = None
+        self._mask: Any = None  # [rows, width]
+        self._positions: Any = None  # [rows, 1], each row's last position
+        self._next: list[int] = []  # the token each row feeds at the next step
+
+    @property
+    def size(self) -> int:
+        return len(self._keys)
+
+    def admit(self, rows: dict[int, _Row]) -> dict[int, Completion]:
+        gen = self._gen
+        new = [
+            _Live(
+                r, min(r.params.max_new_tokens, gen.max_positions - len(r.ids)), gen._generator(r)
+            )
+            for r in rows.values()
+        ]
+        with gen._torch.inference_mode():
+            cache, mask, positions, logits = gen._prefill([r.row for r in new])
+            tokens = gen._choose(
+                logits.float(), [r.row for r in new], [r.generator for r in new]
+            ).tolist()
+            first = len(self._keys)
+            self._join(list(rows), new, cache, mask, positions, tokens)
+        return self._settle(first)
+
+    def step(self) -> dict[int, Completion]:
+        gen, torch = self._gen, self._gen._torch
+        n = len(self._rows)
+        with torch.inference_mode():
+            self._mask = torch.cat([self._mask, self._mask.new_ones((n, 1))], dim=1)
+            self._positions = self._positions + 1
+            logits = gen.model(
+                input_ids=torch.tensor(self._next, device=gen.device).view(n, 1),
+                attention_mask=self._mask,
+                position_ids=self._positions,
+                past_key_values=self._cache,
+                use_cache=True,
+                **gen._adapter_kwargs([r.row.adapter for r in self._rows]),
+            ).logits[:, -1, :]
+            self._next = gen._choose(
+                logits.float(), [r.row for r in self._rows], [r.generator for r in self._rows]
+            ).tolist()
+        return self._settle()
+
+    def drop(self, keys: Sequence[int]) -> None:
+        gone = set(keys)
+        self._select([i for i, k in enumerate(self._keys) if k not in gone])
+
+    def _settle(self, first: int = 0) -> dict[int, Completion]:
+        """Rows from `first` on take their new token; finished rows leave the batch with their
+        completion (rows before `first` took theirs at the step before)."""
+        done: dict[int, Completion] = {}
+        keep = list(range(first))
+        for i in range(first, len(self._keys)):
+            row = self._rows[i]
+            if self._gen._take_token(row, self._next[i]):
+                done[self._keys[i]] = self._gen._finish(row)
+            else:
+                keep.append(i)
+        if done:
+            self._select(keep)
+        return done
+
+    def _select(self, keep: list[int]) -> None:
+        if len(keep) == len(self._keys):
+            return
+        if not keep:
+            self.reset()
+            return
+        torch = self._gen._torch
+        index = torch.tensor(keep, device=self._gen.device)
+        self._cache.batch_select_indices(index)
+        self._mask, self._positions = self._mask[index], self._positions[index]
+        self._keys = [self._keys[i] for i in keep]
+        self._rows = [self._rows[i] for i in keep]
+        self._next = [self._next[i] for i in keep]
+        # Columns that only padding fills now, for every row, are dead weight at every step.
+        unused = int((self._mask.sum(0) == 0).long().cumprod(0).sum())
+        if unused:
+            self._mask = self._mask[:, unused:]
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[..., unused:, :]
+                layer.values = layer.values[..., unused:, :]
+
+    def _join(
+        self,
+        keys: list[int],
+        rows: list[_Live],
+        cache: Any,
+        mask: Any,
+        positions: Any,
+        tokens: list[int],
+    ) -> None:
+        if not self._keys:
+            self._keys, self._rows, self._next = keys, rows, tokens
+            self._cache, self._mask, self._positions = cache, mask, positions
+            return
+        torch = self._gen._torch
+        width = max(self._mask.shape[1], mask.shape[1])
+
+        def widen(t: Any, dim: int) -> Any:
+            # Left-pad along `dim` (the sequence axis) with zeros: masked, never read.
+            short = width - t.shape[dim]
+            if not short:
+                return t
+            shape = list(t.shape)
+            shape[dim] = short
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        for old, joined in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([widen(old.keys, -2), widen(joined.keys, -2)], dim=0)
+            old.values = torch.cat([widen(old.values, -2), widen(joined.values, -2)], dim=0)
+        self._mask = torch.cat([widen(self._mask, 1), widen(mask, 1)], dim=0)
+        self._positions = torch.cat([self._positions, positions], dim=0)
+        self._keys += keys
+        self._rows += rows
+        self._next += tokens
 
 
 class HFGenerator(_HFEngine):
-    """A causal LM served by transformers: left-padded batches decoded with the KV cache."""
+    """A causal LM served by transformers, decoded with the KV cache and batched continuously."""
 
     def __init__(
         self,
@@ -231,8 +392,8 @@ class HFGenerator(_HFEngine):
         adapter: str | None = None,
         max_model_len: int | None = None,
     ) -> None:
-        # Read by _load_model: the chosen LoRA adapter is merged into the weights once.
-        self._adapter_path = _adapter_path(path, lora_adapters, adapter)
+        # Read by _load_model: every adapter is loaded, unmerged, over the one base model.
+        self._adapters = _check_adapters(path, lora_adapters, adapter)
         super().__init__(
             path,
             device=device,
@@ -248,12 +409,19 @@ class HFGenerator(_HFEngine):
         self.max_positions = _context(self.model.config, max_model_len)
         # Reading log-probabilities is one forward pass per row: its own batcher, so a scoring
         # call never waits behind a long generation batch (and vice versa).
-        self._reader: MicroBatcher[tuple[list[int], int], TokenLogprobs] = MicroBatcher(
+        self._reader: MicroBatcher[tuple[list[int], int, str | None], TokenLogprobs] = MicroBatcher(
             self._read_batch,
             max_batch_size=max_batch_size,
             wait_ms=batch_wait_ms,
             name=f"{self.name}:logprobs",
         )
+
+    def _make_batcher(
+        self, max_batch_size: int, batch_wait_ms: float
+    ) -> ContinuousBatcher[Any, Any]:
+        # Generation is batched continuously: rows join and leave at every decoding step, so no
+        # wait window is needed (batch_wait_ms applies to the log-probability reader only).
+        return ContinuousBatcher(_RunningBatch(self), max_batch_size=max_batch_size, name=self.name)
 
     def health(self) -> EngineHealth:
         gen, reader = self._batcher.health(), self._reader.health()
@@ -266,12 +434,38 @@ class HFGenerator(_HFEngine):
     def _load_model(self) -> Any:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
-        if self._adapter_path is not None:
+        model: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
+        if self._adapters:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, self._adapter_path).merge_and_unload()
+            # Unmerged: each row names its adapter (peft's mixed-adapter batches), so roles
+            # fine-tuned as adapters of one base share its weights, batches and KV cache.
+            (first, folder), *rest = sorted(self._adapters.items())
+            model = PeftModel.from_pretrained(model, folder, adapter_name=first)
+            for name, folder in rest:
+                model.load_adapter(folder, adapter_name=name)
         return model
+
+    def with_adapter(self, adapter: str | None) -> HFGenerator:
+        """A view of this engine that decodes with another loaded LoRA adapter (None: the base).
+
+        Views share the model, its batcher and so its running batch; closing one closes all.
+        """
+        if adapter is not None and adapter not in self._adapters:
+            raise ValueError(
+                f"adapter: unknown LoRA adapter {adapter!r}; loaded: {sorted(self._adapters)}"
+            )
+        view = copy.copy(self)
+        view.adapter = adapter
+        if adapter is not None:
+            view.name = f"{self.name}+{adapter}"
+        return view
+
+    def _adapter_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
+        """Forward-pass arguments naming each row's adapter, when adapters are loaded."""
+        if not self._adapters:
+            return {}
+        return {"adapter_names": [a or _BASE for a in adapters]}
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -292,7 +486,7 @@ class HFGenerator(_HFEngine):
         # never the other callers' rows micro-batched with it.
         encoded = [self._encode(p) for p in prompts]
         rows = [
-            _Row(p, params, j, ids)
+            _Row(p, params, j, ids, self.adapter)
             for p, ids in zip(prompts, encoded, strict=True)
             for j in range(params.n)
         ]
@@ -301,8 +495,8 @@ class HFGenerator(_HFEngine):
 
     async def logprobs(self, requests: Sequence[LikelihoodRequest]) -> list[TokenLogprobs]:
         """Each completion's token log-probabilities given its prompt (one forward pass each)."""
-        items = [likelihood_token_ids(self.tokenizer, r) for r in requests]
-        for ids, _ in items:
+        items = [(*likelihood_token_ids(self.tokenizer, r), self.adapter) for r in requests]
+        for ids, _, _ in items:
             if len(ids) > self.max_positions:
                 raise ContextLengthError(
                     f"completion: prompt and completion have {len(ids)} tokens, the model takes "
@@ -313,26 +507,28 @@ class HFGenerator(_HFEngine):
     # ------------------------------------------------------------ worker thread
 
     def _read_batch(
-        self, items: list[tuple[list[int], int]], cancelled: Callable[[], list[bool]]
+        self, items: list[tuple[list[int], int, str | None]], cancelled: Callable[[], list[bool]]
     ) -> list[TokenLogprobs]:
         torch = self._torch
         # Right padding: a causal model's readings at real tokens ignore what follows them.
-        width = max(len(ids) for ids, _ in items)
+        width = max(len(ids) for ids, _, _ in items)
         input_ids = torch.full((len(items), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
-        for i, (ids, _) in enumerate(items):
+        for i, (ids, _, _) in enumerate(items):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             mask[i, : len(ids)] = 1
         with torch.inference_mode():
             logits = self.model(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                **self._adapter_kwargs([a for _, _, a in items]),
             ).logits.float()  # [batch, width, vocab]
             logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
             picked = logp.gather(-1, input_ids[:, 1:, None].to(self.device))[..., 0].cpu()
         # Token t (t >= n_prompt) is read at position t - 1.
         return [
             TokenLogprobs(tuple(float(x) for x in picked[i, n - 1 : len(ids) - 1]))
-            for i, (ids, n) in enumerate(items)
+            for i, (ids, n, _) in enumerate(items)
         ]
 
     def _encode(self, prompt: str) -> list[int]:
@@ -345,37 +541,22 @@ class HFGenerator(_HFEngine):
             )
         return ids
 
-    def _run_batch(self, rows: list[_Row], cancelled: Callable[[], list[bool]]) -> list[Completion]:
-        with self._torch.inference_mode():
-            return self._decode(rows, [r.ids for r in rows], cancelled)
+    # ------------------------------------------------------------ continuous batching
 
-    def _decode(
-        self, rows: list[_Row], encoded: list[list[int]], cancelled: Callable[[], list[bool]]
-    ) -> list[Completion]:
+    def _prefill(self, rows: list[_Row]) -> tuple[Any, Any, Any, Any]:
+        """One left-padded forward pass over new rows: (cache, mask, last positions, logits)."""
         torch = self._torch
         from transformers import DynamicCache
 
-        b = len(rows)
-        width = max(len(ids) for ids in encoded)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((b, width), pad, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for i, ids in enumerate(encoded):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            mask[i, width - len(ids) :] = 1
+        width = max(len(r.ids) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r.ids) :] = torch.tensor(r.ids)
+            mask[i, width - len(r.ids) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         # Left padding: positions count real tokens only, so a row reads as if it were alone.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-
-        budget = [
-            min(r.params.max_new_tokens, self.max_positions - len(ids))
-            for r, ids in zip(rows, encoded, strict=True)
-        ]
-        generators = [self._generator(r) for r in rows]
-        out_ids: list[list[int]] = [[] for _ in rows]
-        cut_texts: list[str | None] = [None] * b
-        finish: list[str | None] = [None] * b
-
         cache = DynamicCache()
         logits = self.model(
             input_ids=input_ids,
@@ -384,58 +565,34 @@ class HFGenerator(_HFEngine):
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **self._adapter_kwargs([r.adapter for r in rows]),
         ).logits[:, -1, :]
-        active = list(range(b))  # original row index of each row still in the batch
-        while True:
-            next_ids = self._choose(
-                logits.float(), [rows[i] for i in active], [generators[i] for i in active]
-            ).tolist()
-            for i, t in zip(active, next_ids, strict=True):
-                out_ids[i].append(t)
-                if t in self.eos_ids:
-                    finish[i] = "stop"
-                    continue
-                if rows[i].params.stop:
-                    text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True)
-                    cut = _first_stop(text, rows[i].params.stop)
-                    if cut is not None:
-                        cut_texts[i], finish[i] = text[:cut], "stop"
-                        continue
-                if len(out_ids[i]) >= budget[i]:
-                    finish[i] = "length"
-            # Rows whose caller went away count as done, so an abandoned batch ends early.
-            gone = cancelled()
-            keep = [k for k, i in enumerate(active) if finish[i] is None and not gone[i]]
-            if not keep:
-                break
-            if len(keep) < len(active):
-                # Drop finished rows from the batch and its KV cache: the long tail runs lean.
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                active = [active[k] for k in keep]
-                next_ids = [next_ids[k] for k in keep]
-            n = len(active)
-            mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
-            positions = positions[:, -1:] + 1
-            logits = self.model(
-                input_ids=torch.tensor(next_ids, device=self.device).view(n, 1),
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1, :]
+        return cache, mask, positions[:, -1:], logits
 
-        results = []
-        for i in range(b):
-            text = cut_texts[i]
-            if text is None:
-                body = [t for t in out_ids[i] if t not in self.eos_ids]
-                text = self.tokenizer.decode(body, skip_special_tokens=True)
-            reason: FinishReason = "stop" if finish[i] == "stop" else "length"
-            # The token count includes a closing EOS, as vLLM counts it.
-            results.append(Completion(text, len(out_ids[i]), reason))
-        return results
+    def _finish(self, row: _Live) -> Completion:
+        text = row.cut_text
+        if text is None:
+            body = [t for t in row.out_ids if t not in self.eos_ids]
+            text = self.tokenizer.decode(body, skip_special_tokens=True)
+        # The token count includes a closing EOS, as vLLM counts it.
+        return Completion(text, len(row.out_ids), row.finish or "length")
+
+    def _take_token(self, row: _Live, token: int) -> bool:
+        """Append a chosen token to a row; True when the row is finished."""
+        row.out_ids.append(token)
+        if token in self.eos_ids:
+            row.finish = "stop"
+            return True
+        if row.row.params.stop:
+            text = self.tokenizer.decode(row.out_ids, skip_special_tokens=True)
+            cut = _first_stop(text, row.row.params.stop)
+            if cut is not None:
+                row.cut_text, row.finish = text[:cut], "stop"
+                return True
+        if len(row.out_ids) >= row.budget:
+            row.finish = "length"
+            return True
+        return False
 
     def _generator(self, row: _Row) -> Any:
         if row.params.seed is None or row.params.greedy:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import os
 import threading
@@ -62,6 +63,7 @@ def load_engine(role: Role, spec: EngineSpec) -> Generator | Scorer:
     Raises EngineLoadError naming the role and the path when anything goes wrong.
     """
     role = Role(role)
+    spec = adapter_spec(role, spec)
     try:
         backend = Backend(spec.backend)
     except ValueError:
@@ -105,8 +107,10 @@ def _share_key(role: Role, spec: EngineSpec) -> tuple[Any, ...]:
 class EngineSet:
     """The loaded engines by role. Roles may share one engine object."""
 
-    def __init__(self, engines: Mapping[Role, Engine]) -> None:
+    def __init__(self, engines: Mapping[Role, Engine], loaded: Iterable[Engine] = ()) -> None:
         self._by_role: dict[Role, Engine] = {Role(r): e for r, e in engines.items()}
+        # The engines actually loaded, when roles hold views of them (one per LoRA adapter).
+        self._loaded = list(loaded)
 
     @property
     def roles(self) -> set[Role]:
@@ -154,6 +158,9 @@ class EngineSet:
         return self.scorer(Role.SORM)
 
     def unique_engines(self) -> list[Engine]:
+        """Each loaded engine once, however many roles (or adapter views) it serves."""
+        if self._loaded:
+            return list(self._loaded)
         seen: dict[int, Engine] = {}
         for e in self._by_role.values():
             seen.setdefault(id(e), e)
@@ -181,12 +188,14 @@ class EngineSet:
 def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     """Load every role; roles with the same (path, backend, options) share one engine.
 
-    vLLM generators that differ only in their LoRA adapter also share one engine (the union of
-    their `lora_adapters`), each role a view applying its own `adapter`. On a failure, the
+    Generators that differ only in their LoRA adapter also share one engine (the union of their
+    `lora_adapters`), each role a view applying its own `adapter`; a role folder holding an
+    adapter (see adapter_spec) is served that way over its base. On a failure, the
     engines already loaded are closed and EngineLoadError names the role.
     """
     groups: dict[tuple[Any, ...], tuple[Role, EngineSpec, dict[str, Any]]] = {}
     role_keys: dict[Role, tuple[Any, ...]] = {}
+    specs = {Role(r): adapter_spec(Role(r), s) for r, s in specs.items()}
     for role, spec in specs.items():
         role = Role(role)
         key = _share_key(role, _base_spec(role, spec))
@@ -220,7 +229,7 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     except BaseException:
         _close_now(list(loaded.values()))
         raise
-    return EngineSet(by_role)
+    return EngineSet(by_role, loaded.values())
 
 
 def run_dir_specs(
@@ -238,7 +247,37 @@ def run_dir_specs(
 
 
 def _shares_adapters(role: Role, spec: EngineSpec) -> bool:
-    return str(spec.backend) == Backend.VLLM.value and not role.is_scorer
+    # Both backends serve several LoRA adapters from one loaded generator (vLLM's multi-LoRA,
+    # peft's mixed-adapter batches on HF); scorers load one model each.
+    return not role.is_scorer
+
+
+def adapter_spec(role: Role, spec: EngineSpec) -> EngineSpec:
+    """A role whose folder holds a LoRA adapter (adapter_config.json, no config.json) is served
+    as its base model with that adapter, named after the role. The base is the adapter config's
+    `base_model_name_or_path`, relative to the adapter's folder (a run writes `../policy`)."""
+    folder = Path(spec.path)
+    config = folder / "adapter_config.json"
+    if (folder / "config.json").exists() or not config.exists():
+        return spec
+    try:
+        base_name = json.loads(config.read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise EngineLoadError(
+            f"unreadable LoRA adapter config: {exc!r}", role=str(role), path=spec.path
+        ) from exc
+    if role.is_scorer:
+        raise EngineLoadError(
+            "a reward model served from a LoRA adapter is not supported; merge it",
+            role=str(role),
+            path=spec.path,
+        )
+    base = (folder / base_name).resolve() if not Path(base_name).is_absolute() else base_name
+    name = Role(role).value
+    known = spec.options.get("lora_adapters") or {}
+    adapters = {**(dict(known) if isinstance(known, Mapping) else {}), name: str(folder.resolve())}
+    options = {**spec.options, "lora_adapters": adapters, "adapter": name}
+    return EngineSpec(str(base), spec.backend, options)
 
 
 def _base_spec(role: Role, spec: EngineSpec) -> EngineSpec:

@@ -39,8 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def missing_roles(run_dir: Path) -> list[str]:
-    """Roles whose checkpoint folder (with a config.json) is absent from `run_dir`."""
-    return [role for role in _ROLES if not (run_dir / role / "config.json").is_file()]
+    """Roles whose checkpoint folder (a config.json, or a LoRA adapter's adapter_config.json)
+    is absent from `run_dir`."""
+    return [
+        role
+        for role in _ROLES
+        if not any((run_dir / role / f).is_file() for f in ("config.json", "adapter_config.json"))
+    ]
 
 
 def train(run_dir: Path, preset: str) -> int:

@@ -133,6 +133,14 @@ class RewardConfig(TrainConfig):
 
 @dataclass
 class RefinerConfig(TrainConfig):
+    adapters: bool = field(
+        default=False,
+        metadata={
+            "help": "train each refiner as a LoRA adapter of the policy (model.lora_r, "
+            "lora_alpha, lora_dropout), saved unmerged with base ../policy, so serving loads "
+            "one base for the policy and both refiners"
+        },
+    )
     keep_share: float = field(
         default=0.5, metadata={"help": "share of pairs that map a correct draft to itself"}
     )

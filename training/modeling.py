@@ -6,6 +6,7 @@ causal LMs for the generators, token classifiers (2 labels, 1 = correct) for the
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Iterable
@@ -134,6 +135,30 @@ def unwrap_lora(model: Any) -> PreTrainedModel:
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
+
+
+def is_checkpoint(directory: Path) -> bool:
+    """A full checkpoint (config.json) or a LoRA adapter of another one (adapter_config.json)."""
+    return (directory / "config.json").exists() or (directory / "adapter_config.json").exists()
+
+
+def save_adapter(
+    model: Any, tokenizer: PreTrainedTokenizerBase, directory: Path, base: str
+) -> None:
+    """Write a peft model's LoRA adapter, unmerged, atomically; `base` (relative to `directory`,
+    e.g. ../policy) is recorded as the adapter's base model, so the run folder can move."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    config_path = tmp / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save_pretrained(str(tmp))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
 
 
 def save_checkpoint(

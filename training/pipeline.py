@@ -193,20 +193,28 @@ class Run:
         return self._tokenizer
 
     def require(self, role: Role) -> Path:
+        from training.modeling import is_checkpoint
+
         path = self.checkpoint(role)
-        if not (path / "config.json").exists():
+        if not is_checkpoint(path):
             raise FileNotFoundError(f"{path} is missing: run the stage that trains {role} first")
         return path
 
     # ---------------------------------------------------------------- outputs
 
-    def save_model(self, model: Any, role: Role, metrics: dict[str, Any]) -> Path:
-        """The checkpoint, with the resolved recipe and its metrics beside it (main process)."""
-        from training.modeling import save_checkpoint
+    def save_model(
+        self, model: Any, role: Role, metrics: dict[str, Any], *, adapter_of: Role | None = None
+    ) -> Path:
+        """The checkpoint, with the resolved recipe and its metrics beside it (main process).
+        With `adapter_of`, only the LoRA adapter is saved, unmerged, over that role's folder."""
+        from training.modeling import save_adapter, save_checkpoint
 
         path = self.checkpoint(role)
         if self.acc.is_main_process:
-            save_checkpoint(model, self.tokenizer(), path)
+            if adapter_of is None:
+                save_checkpoint(model, self.tokenizer(), path)
+            else:
+                save_adapter(model, self.tokenizer(), path, base=f"../{adapter_of}")
             (path / "recipe.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
             (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         self.acc.wait_for_everyone()
@@ -525,10 +533,19 @@ def stage_refiners(run: Run) -> dict[str, Any]:
         if run.acc.is_main_process:
             write_jsonl_atomic(run.data_dir / f"{role}_pairs.jsonl", (p.to_dict() for p in pairs))
         model = load_causal_lm(policy if cfg.init == "policy" else _base(run), run.cfg.model)
-        model, result = fit_sft(
-            model, tok, refine_examples(tok, pairs), role_cfg, run.cfg, seed=seed, desc=str(role)
+        # As adapters, the refiners are LoRA fine-tunes of the policy, saved unmerged over it.
+        adapter_of = Role.POLICY if cfg.adapters else None
+        if cfg.adapters and cfg.init != "policy":
+            raise ValueError("refiners.adapters needs refiners.init=policy (adapters of it)")
+        fit_cfg = (
+            dataclasses.replace(run.cfg, model=dataclasses.replace(run.cfg.model, lora=True))
+            if cfg.adapters
+            else run.cfg
         )
-        path = run.save_model(model, role, {"train": result.to_dict()})
+        model, result = fit_sft(
+            model, tok, refine_examples(tok, pairs), role_cfg, fit_cfg, seed=seed, desc=str(role)
+        )
+        path = run.save_model(model, role, {"train": result.to_dict()}, adapter_of=adapter_of)
         evaluation: dict[str, Any] = {}
         if run.acc.is_main_process:
             heldout = read_heldout(run.rollouts_dir)
@@ -543,6 +560,12 @@ def stage_refiners(run: Run) -> dict[str, Any]:
         }
         out["metrics"][str(role)] = {"heldout": evaluation, "final_loss": result.final_loss}
         out["hashes"][str(role)] = _ckpt_hash(path)
+        # What serving loads for this role: a full checkpoint, or an adapter over a base.
+        out.setdefault("serving", {})[str(role)] = (
+            {"base": str(Role.POLICY), "adapter": str(role)}
+            if cfg.adapters
+            else {"base": str(role), "adapter": None}
+        )
     return out
 
 
@@ -705,7 +728,9 @@ def _outputs_exist(run: Run, stage: Stage) -> bool:
         Stage.SORM: [Role.SORM],
         Stage.REFINERS: [Role.REFINE_GLOBAL, Role.REFINE_LOCAL],
     }[stage]
-    return all((run.checkpoint(r) / "config.json").exists() for r in roles)
+    from training.modeling import is_checkpoint
+
+    return all(is_checkpoint(run.checkpoint(r)) for r in roles)
 
 
 def _say(run: Run, message: str) -> None:

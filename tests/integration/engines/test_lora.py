@@ -1,18 +1,24 @@
-"""LoRA adapters: roles fine-tuned as adapters of one base share one vLLM engine; HF merges them."""
+"""LoRA adapters: roles fine-tuned as adapters of one base share one engine on both backends."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
-from engines.base import Backend, EngineSpec, Role, SamplingParams
+from engines.base import Backend, EngineSpec, LikelihoodRequest, Role, SamplingParams
 from engines.hf import HFGenerator
-from engines.registry import load_engines
+from engines.registry import load_engines, run_dir_specs
 from engines.text import policy_prompt
 from tests.integration.engines.conftest import VLLM_OPTIONS
 from tests.support.tiny_models import TinyCheckpoints, tiny_problems
 
 PROMPTS = [policy_prompt(p.question) for p in tiny_problems(4, seed=404)]
 GREEDY = SamplingParams(max_new_tokens=48)
+LIKELIHOOD = [LikelihoodRequest(p, "1 + 1 = 2\nThe answer is 2.") for p in PROMPTS]
 
 
 @pytest.fixture(scope="module")
@@ -37,23 +43,84 @@ def adapters(tiny_checkpoints: TinyCheckpoints, tmp_path_factory: pytest.TempPat
     return out
 
 
-async def test_hf_merges_the_chosen_adapter(
-    tiny_checkpoints: TinyCheckpoints, adapters: dict
+async def test_hf_serves_each_rows_adapter_unmerged_over_one_base(
+    tiny_checkpoints: TinyCheckpoints, adapters: dict, hf_generator: HFGenerator
 ) -> None:
-    base = HFGenerator(tiny_checkpoints.policy, device="cpu")
-    noop = HFGenerator(
-        tiny_checkpoints.policy, device="cpu", lora_adapters=adapters, adapter="noop"
-    )
-    loud = HFGenerator(
-        tiny_checkpoints.policy, device="cpu", lora_adapters=adapters, adapter="loud"
-    )
+    engine = HFGenerator(tiny_checkpoints.policy, device="cpu", lora_adapters=adapters)
     try:
-        expected = await base.generate(PROMPTS, GREEDY)
+        base, noop, loud = engine, engine.with_adapter("noop"), engine.with_adapter("loud")
+        expected = await hf_generator.generate(PROMPTS, GREEDY)
+        assert await base.generate(PROMPTS, GREEDY) == expected
         assert await noop.generate(PROMPTS, GREEDY) == expected
-        assert await loud.generate(PROMPTS, GREEDY) != expected
+        alone = await loud.generate(PROMPTS, GREEDY)
+        assert alone != expected
+        # In one running batch, every row keeps its own adapter.
+        mixed = await asyncio.gather(base.generate(PROMPTS, GREEDY), loud.generate(PROMPTS, GREEDY))
+        assert list(mixed) == [expected, alone]
+        assert engine.batcher.stats.largest_batch >= 2 * len(PROMPTS)
+        assert [c.logprobs for c in await loud.logprobs(LIKELIHOOD)] != [
+            c.logprobs for c in await base.logprobs(LIKELIHOOD)
+        ]
     finally:
-        for e in (base, noop, loud):
-            await e.close()
+        await engine.close()
+
+
+def _adapter_run(tiny_checkpoints: TinyCheckpoints, adapters: dict, root: Path) -> Path:
+    """A run laid out as `refiners.adapters=true` writes it: the refiners are LoRA adapters whose
+    config names ../policy as their base."""
+    run = root / "run"
+    run.mkdir()
+    (run / "policy").symlink_to(Path(tiny_checkpoints.policy).resolve())
+    for role in ("orm", "sorm"):
+        (run / role).symlink_to(Path(tiny_checkpoints.scorer).resolve())
+    for role, name in (("refine_global", "noop"), ("refine_local", "loud")):
+        shutil.copytree(adapters[name], run / role)
+        config = json.loads((run / role / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "../policy"
+        (run / role / "adapter_config.json").write_text(json.dumps(config))
+    return run
+
+
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+async def test_a_run_with_refiner_adapters_serves_three_roles_from_one_engine(
+    tiny_checkpoints: TinyCheckpoints,
+    adapters: dict,
+    hf_generator: HFGenerator,
+    tmp_path: Path,
+    backend: str,
+) -> None:
+    run = _adapter_run(tiny_checkpoints, adapters, tmp_path)
+    options = dict(VLLM_OPTIONS) if backend == "vllm" else {"device": "cpu"}
+    engines = load_engines(run_dir_specs(run, backend=Backend(backend), options=options))
+    try:
+        # One generator engine (policy + both refiners), one scorer (ORM and SORM share a file).
+        assert len(engines.unique_engines()) == 2
+        shared = "_runtime" if backend == "vllm" else "_batcher"
+        views = [engines.policy, engines.refine_global, engines.refine_local]
+        assert len({id(getattr(v, shared)) for v in views}) == 1
+        expected = await hf_generator.generate(PROMPTS, GREEDY)
+        loud = HFGenerator(tiny_checkpoints.policy, device="cpu", lora_adapters=adapters)
+        try:
+            loud_expected = await loud.with_adapter("loud").generate(PROMPTS, GREEDY)
+        finally:
+            await loud.close()
+        assert await engines.policy.generate(PROMPTS, GREEDY) == expected
+        assert await engines.refine_global.generate(PROMPTS, GREEDY) == expected
+        assert await engines.refine_local.generate(PROMPTS, GREEDY) == loud_expected
+    finally:
+        await engines.close()
+
+
+def test_a_reward_model_adapter_is_refused_by_name(
+    tiny_checkpoints: TinyCheckpoints, adapters: dict, tmp_path: Path
+) -> None:
+    from engines.base import EngineLoadError
+
+    run = _adapter_run(tiny_checkpoints, adapters, tmp_path)
+    (run / "orm").unlink()
+    shutil.copytree(run / "refine_local", run / "orm")
+    with pytest.raises(EngineLoadError, match="orm"):
+        load_engines(run_dir_specs(run, options={"device": "cpu"}, roles=[Role.ORM]))
 
 
 @pytest.mark.vllm

@@ -97,6 +97,20 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
         "glore_always",
     }
     assert summary["glore_vs_best_of_3"]["glore_always"]["tokens_ratio"] > 0
+    # Targets as data: one row per target and strategy, its verdict agreeing with its numbers.
+    rows = report["targets"]
+    assert {(t["name"], t["strategy"]) for t in rows} == {
+        *(("overhead_solve_over_raw_c1", k) for k in ("greedy", "best_of_3", "glore_always")),
+        *(("throughput_c4_over_c1", k) for k in ("greedy", "best_of_3", "glore_always")),
+    }
+    for t in rows:
+        assert t["backend"] == "hf"
+        limit = float(t["target"].split()[-1])
+        assert t["met"] == (
+            t["value"] <= limit if t["target"].startswith("<=") else t["value"] >= limit
+        )
+    assert not Path(report["run"]["path"]).is_absolute()
+    assert json.loads((tmp_path / "bench-service.json").read_text())["targets"] == rows
     text = (tmp_path / "bench-service-hf.md").read_text()
     assert "shared with other jobs" in text and "≤ 1.15" in text
     assert "| figure | target | hf |" in (tmp_path / "bench-service.md").read_text()

@@ -242,3 +242,32 @@ def test_the_policy_stage_trains_under_accelerate_launch_with_two_cpu_processes(
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out / "policy")
+
+
+async def test_refiners_as_adapters_are_saved_unmerged_and_served_over_the_policy(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    from engines.registry import load_engines, run_dir_specs
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("refine_*", "reranker"))
+    glore_train("refiners", "--preset", "smoke", "--out", str(run), "refiners.adapters=true")
+    for role in ("refine_global", "refine_local"):
+        folder = run / role
+        assert not (folder / "config.json").exists()  # no merged copy of the policy
+        assert (folder / "adapter_model.safetensors").is_file()
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "../policy"
+    serving = manifest(run)["stages"]["refiners"]["serving"]
+    assert serving["refine_local"] == {"base": "policy", "adapter": "refine_local"}
+    engines = load_engines(run_dir_specs(run, options={"device": "cpu"}))
+    try:
+        views = [engines.policy, engines.refine_global, engines.refine_local]
+        assert len({id(v.batcher) for v in views}) == 1  # type: ignore[attr-defined]
+        prompt = ["Question: Ann has 2 pens. Ann gets 3 more. How many pens?\nAnswer:\n"]
+        params = SamplingParams(max_new_tokens=16)
+        for view in views:
+            ((completion,),) = await view.generate(prompt, params)
+            assert completion.num_tokens > 0
+    finally:
+        await engines.close()

@@ -198,3 +198,21 @@ def test_bad_settings_are_refused_with_the_field_named() -> None:
         MicroBatcher(Recorder(), max_batch_size=0)
     with pytest.raises(ValueError, match="batch_wait_ms"):
         MicroBatcher(Recorder(), wait_ms=-1)
+
+
+async def test_an_idle_batcher_dispatches_a_lone_item_without_waiting_its_window() -> None:
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=64, wait_ms=2000)
+    started = time.monotonic()
+    assert await batcher.submit([3]) == [30]
+    assert time.monotonic() - started < 1.0
+    await batcher.close()
+
+
+async def test_one_callers_items_reach_an_idle_worker_as_one_batch() -> None:
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch_size=64, wait_ms=0)
+    for _ in range(20):
+        assert await batcher.submit(list(range(6))) == [x * 10 for x in range(6)]
+    assert [len(b) for b in fn.batches] == [6] * 20
+    await batcher.close()
