@@ -1,0 +1,126 @@
+"""The project's Dockerfile, built and run with podman: the image serves a mounted run as uid
+10001, its HEALTHCHECK passes, and `podman stop` lets an in-flight /solve finish.
+
+The base is Debian bookworm made here (registries are out of reach) in place of
+python:3.11-slim-bookworm; everything else is the Dockerfile users build.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.deploy import podman
+from tests.integration.deploy.harness import free_port, wait_until
+from tests.support.tiny_models import tiny_problems
+
+pytestmark = pytest.mark.timeout(3600)  # a cold build installs torch and vLLM (minutes)
+
+UID = "10001"
+
+
+@dataclass
+class Container:
+    name: str
+    url: str
+
+    def logs(self) -> str:
+        return podman.podman("logs", self.name, check=False).stdout[-4000:]
+
+
+@pytest.fixture(scope="module")
+def container(glore_image: str, mountable_run: Path) -> Iterator[Container]:
+    name = f"glore-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    podman.podman(
+        "run",
+        "--detach",
+        "--init",  # as compose's `init: true`: catatonit forwards SIGTERM to the server
+        "--name",
+        name,
+        "--publish",
+        f"127.0.0.1:{port}:8000",
+        "--volume",
+        f"{mountable_run}:/models:ro",
+        "--env",
+        "GLORE_SHUTDOWN_TIMEOUT_S=45",
+        "--env",
+        "OMP_NUM_THREADS=1",
+        "--stop-timeout",
+        "60",
+        glore_image,
+    )
+    handle = Container(name, f"http://127.0.0.1:{port}")
+    try:
+        wait_until(
+            lambda: httpx.get(f"{handle.url}/ready", timeout=5).status_code == 200,
+            timeout=240,
+            interval=1,
+            what=f"/ready of the container (logs:\n{handle.logs()})",
+        )
+        yield handle
+    finally:
+        podman.podman("rm", "--force", "--time", "5", name, check=False, timeout=120)
+
+
+def _solve(url: str, **extra: object) -> httpx.Response:
+    question = tiny_problems(1, seed=3)[0].question
+    body = {"question": question, "max_new_tokens": 32, **extra}
+    return httpx.post(f"{url}/solve", json=body, timeout=180)
+
+
+def test_the_image_serves_a_mounted_run_ready_and_solving(container: Container) -> None:
+    assert httpx.get(f"{container.url}/ready", timeout=10).status_code == 200
+    r = _solve(container.url)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["strategy"] == "glore" and body["steps"], body
+
+
+def test_the_server_runs_as_uid_10001_under_an_init(container: Container) -> None:
+    top = podman.podman("top", container.name, "uid", "args").stdout
+    rows = [line.split(None, 1) for line in top.splitlines()[1:] if line.strip()]
+    servers = [uid for uid, args in rows if "glore serve" in args]
+    assert servers == [UID], top
+    # PID 1 is the init (catatonit), which forwards signals; the server is its child.
+    inspect = podman.podman("inspect", "--format", "{{.Config.User}}", container.name).stdout
+    assert inspect.strip() == f"{UID}:{UID}"
+
+
+def test_the_healthcheck_passes(container: Container) -> None:
+    inspect = podman.podman(
+        "inspect", "--format", "{{json .Config.Healthcheck.Test}}", container.name
+    ).stdout
+    assert "/ready" in inspect, f"the image lost its HEALTHCHECK (docker format?): {inspect}"
+    proc = podman.podman("healthcheck", "run", container.name, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_podman_stop_lets_an_in_flight_solve_finish(container: Container) -> None:
+    def in_flight() -> bool:
+        text = httpx.get(f"{container.url}/metrics", timeout=5).text
+        m = re.search(r"^glore_in_flight_requests(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+        return bool(m) and float(m.group(1)) >= 1
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # refine=always: a draft and two refinements, so the request is still running when
+        # the stop arrives.
+        pending = pool.submit(_solve, container.url, refine="always", max_new_tokens=96)
+        wait_until(in_flight, timeout=60, interval=0.05, what="the /solve to be in flight")
+        stop = podman.podman("stop", "--time", "60", container.name, check=False, timeout=120)
+        response = pending.result(timeout=180)
+    assert stop.returncode == 0, stop.stderr
+    assert response.status_code == 200, response.text
+    state = podman.podman(
+        "inspect", "--format", "{{.State.ExitCode}}", container.name
+    ).stdout.strip()
+    logs = podman.podman("logs", container.name, check=False).stderr
+    assert "draining 1 in-flight" in logs, logs[-3000:]
+    assert state == "0", f"exit code {state}; logs:\n{logs[-3000:]}"
