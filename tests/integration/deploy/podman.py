@@ -251,6 +251,8 @@ def pip_settings() -> PipSettings:
     for key in ("find-links", "index-url", "extra-index-url", "constraint", "cert"):
         for item in values.get(key, "").split():
             path = Path(urlparse(item).path) if item.startswith("file:") else Path(item)
+            if key.endswith("index-url") and path.name == "simple":
+                path = path.parent  # a PEP 503 tree links its files beside simple/ (../files/)
             if path.is_absolute() and path.exists() and path not in mounts:
                 mounts.append(path)
     return PipSettings(values, mounts)
