@@ -62,8 +62,16 @@ def env() -> dict[str, str]:
 
 def require_podman() -> None:
     """Fail (never skip) when a program the container tests drive is missing."""
-    for name in ("podman", "runc", "netavark", "debootstrap"):
+    for name in ("podman", "runc", "catatonit", "debootstrap"):
         require_binary(name)
+    # podman's network helpers live outside PATH; container DNS (replica names) needs both.
+    for helper in ("netavark", "aardvark-dns"):
+        if not any(Path(d, helper).exists() for d in ("/usr/lib/podman", "/usr/libexec/podman")):
+            pytest.fail(
+                f"podman's `{helper}` is not installed: it is required for this test "
+                f"(Debian: `apt-get install -y {helper}`; `make test` does that when run as root)",
+                pytrace=False,
+            )
     if not compose_command():
         pytest.fail(
             "`podman-compose` is not installed: it is required for the stack test "

@@ -231,3 +231,21 @@ def test_down_with_requests_in_flight_loses_none_of_them(stack: Stack) -> None:
         responses = [p.result(timeout=240) for p in pending]
     assert down.returncode == 0, stack.log.read_text()[-4000:]
     assert [r.status_code for r in responses] == [200] * n, [r.text[:300] for r in responses]
+
+
+def test_compose_refuses_to_start_without_a_grafana_admin_password(tmp_path: Path) -> None:
+    podman.require_podman()
+    env = {k: v for k, v in podman.env().items() if k != "GRAFANA_ADMIN_PASSWORD"}
+    project = f"glore-test-{uuid.uuid4().hex[:8]}"
+    cmd = [*podman.compose_command(), "-p", project, "-f", str(COMPOSE), "up", "-d", "--no-build"]
+    for password in (None, ""):
+        run_env = env if password is None else {**env, "GRAFANA_ADMIN_PASSWORD": password}
+        proc = subprocess.run(
+            [*cmd, "grafana"], cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode != 0
+        assert "GRAFANA_ADMIN_PASSWORD" in proc.stderr + proc.stdout
+    listed = podman.podman(
+        "ps", "-a", "--filter", f"label=io.podman.compose.project={project}", "--format", "json"
+    )
+    assert json.loads(listed.stdout or "[]") == [], "it created containers before refusing"
