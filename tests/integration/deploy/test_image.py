@@ -32,7 +32,8 @@ class Container:
     url: str
 
     def logs(self) -> str:
-        return podman.podman("logs", self.name, check=False).stdout[-4000:]
+        out = podman.podman("logs", self.name, check=False)
+        return (out.stdout + out.stderr)[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,7 @@ def test_podman_stop_lets_an_in_flight_solve_finish(container: Container) -> Non
     state = podman.podman(
         "inspect", "--format", "{{.State.ExitCode}}", container.name
     ).stdout.strip()
-    logs = podman.podman("logs", container.name, check=False).stderr
+    out = podman.podman("logs", container.name, check=False)
+    logs = out.stdout + out.stderr
     assert "draining 1 in-flight" in logs, logs[-3000:]
     assert state == "0", f"exit code {state}; logs:\n{logs[-3000:]}"
