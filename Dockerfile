@@ -45,14 +45,17 @@ RUN touch README.md \
     && rm -rf /src/*
 
 FROM cpu-deps AS cpu-builder
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY glore ./glore
 COPY engines ./engines
 COPY service ./service
 COPY routers ./routers
 COPY training ./training
 COPY bench ./bench
-RUN pip install --no-deps . \
+# An empty README again: the image needs no long description, and README edits then leave the
+# image as it is.
+RUN touch README.md \
+    && pip install --no-deps . \
     && python -c "import glore.cli, service, engines, routers, training" \
     && glore --help > /dev/null
 

@@ -268,9 +268,10 @@ def pip_settings() -> PipSettings:
 
 def context_files() -> list[Path]:
     """The files that decide the glore image: the Dockerfile and what .dockerignore lets in."""
-    allowed = ("pyproject.toml", "README.md", "glore", "engines", "service", "routers", "training")
+    # Not README.md: the cpu target copies none (the gpu target, not built here, does).
+    copied = ("pyproject.toml", "glore", "engines", "service", "routers", "training", "bench")
     files = [ROOT / "Dockerfile", ROOT / ".dockerignore"]
-    for name in (*allowed, "bench"):
+    for name in copied:
         path = ROOT / name
         if path.is_file():
             files.append(path)
