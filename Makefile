@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian programs the integration tests drive for real (Prometheus, nginx, and podman with what it
-# needs to build and run the images as root). Root only; a user without root installs them by
+# needs to build and run the images as root: netavark sets up container networks with iptables). Root only; a user without root installs them by
 # hand, and those tests fail (not skip) without them.
-SYSDEPS := prometheus nginx podman runc netavark aardvark-dns catatonit debootstrap
+SYSDEPS := prometheus nginx podman runc netavark aardvark-dns catatonit iptables debootstrap
 sysdeps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  missing=""; \

@@ -62,7 +62,8 @@ def env() -> dict[str, str]:
 
 def require_podman() -> None:
     """Fail (never skip) when a program the container tests drive is missing."""
-    for name in ("podman", "runc", "catatonit", "debootstrap"):
+    # netavark sets up container networks with iptables (Debian does not pull it in).
+    for name in ("podman", "runc", "catatonit", "debootstrap", "iptables"):
         require_binary(name)
     # podman's network helpers live outside PATH; container DNS (replica names) needs both.
     for helper in ("netavark", "aardvark-dns"):
@@ -294,7 +295,8 @@ class Built:
 def build(
     target: str, *, log: Path, containerfile: Path | None = None, context: Path | None = None
 ) -> Built:
-    """Build TARGET of the project's Dockerfile (or a test Containerfile) on the Debian base.
+    """Build TARGET of the project's Dockerfile (or a one-stage test Containerfile, TARGET then
+    only naming its tag) on the Debian base.
 
     The tag carries a hash of every input, so an unchanged tree reuses the image outright; a
     changed one rebuilds on podman's layer cache (dependencies reinstall only when
@@ -325,8 +327,7 @@ def build(
                 "--network",
                 "host",
                 "--layers",
-                "--target",
-                target,
+                *(["--target", target] if containerfile is None else []),
                 "--build-arg",
                 f"BASE_IMAGE={base}",
                 "--build-arg",
