@@ -68,17 +68,24 @@ class Stack:
         name = self.containers[service]
         return podman.podman("healthcheck", "run", name, check=False, timeout=60).returncode == 0
 
-    def replica_in_flight(self, service: str) -> float:
-        """The replica's own glore_in_flight_requests (its port is not published)."""
+    def solves(self) -> tuple[float, float]:
+        """(finished, in flight) solves over both replicas, from their own /metrics (their
+        ports are not published)."""
         probe = (
             "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/metrics')"
             ".read().decode())"
         )
-        out = podman.podman(
-            "exec", self.containers[service], "python", "-c", probe, check=False
-        ).stdout
-        m = re.search(r"^glore_in_flight_requests(?:\{[^}]*\})? (\S+)$", out, re.MULTILINE)
-        return float(m.group(1)) if m else 0.0
+        finished = in_flight = 0.0
+        for replica in REPLICAS:
+            text = podman.podman("exec", self.containers[replica], "python", "-c", probe).stdout
+            finished += _metric_sum(text, "glore_solves_total")
+            in_flight += _metric_sum(text, "glore_in_flight_requests")
+        return finished, in_flight
+
+
+def _metric_sum(text: str, name: str) -> float:
+    pattern = rf"^{name}(?:\{{[^}}]*\}})? (\S+)$"
+    return sum(float(v) for v in re.findall(pattern, text, flags=re.MULTILINE))
 
 
 def _debian_image(name: str, log: Path) -> str:
@@ -157,12 +164,15 @@ def test_prometheus_scrapes_both_replicas_and_every_role_is_ready(stack: Stack) 
             "glore-2:8000",
         ]
 
-    # prometheus.yml scrapes every 15 s: two rounds at most.
-    wait_until(both_up, timeout=90, interval=2, what="both replicas up in Prometheus")
-    ready = query("glore_engine_ready")
-    seen = {(s["metric"]["instance"], s["metric"]["role"]): s["value"][1] for s in ready}  # type: ignore[index]
+    def readiness() -> dict[tuple[str, str], str]:
+        ready = query("glore_engine_ready")
+        return {(s["metric"]["instance"], s["metric"]["role"]): s["value"][1] for s in ready}  # type: ignore[index]
+
     expected = {(f"{r}:8000", role): "1" for r in REPLICAS for role in ROLES}
-    assert seen == expected
+    # prometheus.yml scrapes every 15 s, and a first scrape may predate the models loading.
+    wait_until(both_up, timeout=90, interval=2, what="both replicas up in Prometheus")
+    wait_until(lambda: readiness() == expected, timeout=90, interval=2, what="every role ready")
+    assert readiness() == expected
 
 
 def test_prometheus_is_published_on_loopback_only_and_has_no_lifecycle_api(stack: Stack) -> None:
@@ -216,21 +226,25 @@ def test_a_replica_stopped_under_load_fails_no_request(stack: Stack) -> None:
 
 
 def test_down_with_requests_in_flight_loses_none_of_them(stack: Stack) -> None:
-    n = 4
+    # Eight at once, four per replica: each replica works through its share one by one, so
+    # most of them are still in flight when `down` begins.
+    n = 8
+    finished_before, _ = stack.solves()
+
+    def admitted() -> tuple[float] | None:
+        finished, in_flight = stack.solves()
+        return (in_flight,) if finished - finished_before + in_flight >= n else None
+
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
         pending = [
             pool.submit(_solve, stack.url, max_new_tokens=96, refine="always") for _ in range(n)
         ]
-        wait_until(
-            lambda: sum(stack.replica_in_flight(r) for r in REPLICAS) >= n,
-            timeout=60,
-            interval=0.1,
-            what=f"{n} solves in flight",
-        )
+        (in_flight,) = wait_until(admitted, timeout=60, interval=0.05, what=f"{n} solves admitted")
         down = stack.compose("down", timeout=600)
         responses = [p.result(timeout=240) for p in pending]
     assert down.returncode == 0, stack.log.read_text()[-4000:]
     assert [r.status_code for r in responses] == [200] * n, [r.text[:300] for r in responses]
+    assert in_flight >= 1, "every solve finished before `down`: the test proved nothing"
 
 
 def test_compose_refuses_to_start_without_a_grafana_admin_password(tmp_path: Path) -> None:
