@@ -341,7 +341,21 @@ def build(
                 timeout=3000,
                 log=log,
             )
+        _untag_older(tag)
     return Built(tag, time.monotonic() - started, cached=False)
+
+
+def _untag_older(tag: str) -> None:
+    """Drop the tags of earlier builds of the same image (GBs each, and never used again once
+    the tree has moved on); podman keeps any still used by a container."""
+    repo, _, version = tag.rpartition(":")
+    prefix = version.rsplit("-", 1)[0] + "-"
+    listed = podman(
+        "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}"
+    )
+    older = [t for t in listed.stdout.split() if t.startswith(f"{repo}:{prefix}") and t != tag]
+    if older:
+        podman("rmi", *older, check=False, timeout=900)
 
 
 def clean() -> None:

@@ -38,14 +38,14 @@ class Container:
 
 @pytest.fixture(scope="module")
 def container(glore_image: str, mountable_run: Path) -> Iterator[Container]:
-    name = f"glore-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    podman.podman(
+    handle = Container(f"glore-test-{uuid.uuid4().hex[:8]}", f"http://127.0.0.1:{port}")
+    run = [
         "run",
         "--detach",
         "--init",  # as compose's `init: true`: catatonit forwards SIGTERM to the server
         "--name",
-        name,
+        handle.name,
         "--publish",
         f"127.0.0.1:{port}:8000",
         "--volume",
@@ -57,18 +57,20 @@ def container(glore_image: str, mountable_run: Path) -> Iterator[Container]:
         "--stop-timeout",
         "60",
         glore_image,
-    )
-    handle = Container(name, f"http://127.0.0.1:{port}")
+    ]
     try:
-        wait_until(
-            lambda: httpx.get(f"{handle.url}/ready", timeout=5).status_code == 200,
-            timeout=240,
-            interval=1,
-            what=f"/ready of the container (logs:\n{handle.logs()})",
-        )
+        podman.podman(*run)
+
+        def ready() -> bool:
+            state = podman.podman("inspect", "--format", "{{.State.Status}}", handle.name)
+            if state.stdout.strip() not in ("running", "created"):
+                pytest.fail(f"the container stopped ({state.stdout.strip()}):\n{handle.logs()}")
+            return httpx.get(f"{handle.url}/ready", timeout=5).status_code == 200
+
+        wait_until(ready, timeout=240, interval=1, what="/ready of the container")
         yield handle
     finally:
-        podman.podman("rm", "--force", "--time", "5", name, check=False, timeout=120)
+        podman.podman("rm", "--force", "--time", "5", handle.name, check=False, timeout=120)
 
 
 def _solve(url: str, **extra: object) -> httpx.Response:
