@@ -116,27 +116,32 @@ def test_the_healthcheck_passes(container: Container) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_podman_stop_lets_an_in_flight_solve_finish(container: Container) -> None:
-    def in_flight() -> bool:
+def test_podman_stop_lets_in_flight_solves_finish(container: Container) -> None:
+    # Four at once: the one worker takes them in turn, so some are still running when the
+    # SIGTERM arrives (a lone tiny-model solve can end before `podman stop` delivers it).
+    n = 4
+
+    def all_admitted() -> bool:
         text = httpx.get(f"{container.url}/metrics", timeout=5).text
         m = re.search(r"^glore_in_flight_requests(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
-        return bool(m) and float(m.group(1)) >= 1
+        return bool(m) and float(m.group(1)) >= n
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # refine=always: a draft and two refinements, so the request is still running when
-        # the stop arrives.
-        pending = pool.submit(_solve, container.url, refine="always", max_new_tokens=96)
-        wait_until(in_flight, timeout=60, interval=0.05, what="the /solve to be in flight")
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        pending = [
+            pool.submit(_solve, container.url, refine="always", max_new_tokens=96) for _ in range(n)
+        ]
+        wait_until(all_admitted, timeout=60, interval=0.02, what=f"{n} solves in flight")
         stop = podman.podman("stop", "--time", "60", container.name, check=False, timeout=120)
-        response = pending.result(timeout=180)
+        responses = [p.result(timeout=180) for p in pending]
     assert stop.returncode == 0, stop.stderr
-    assert response.status_code == 200, response.text
+    assert [r.status_code for r in responses] == [200] * n, [r.text[:300] for r in responses]
     state = podman.podman(
         "inspect", "--format", "{{.State.ExitCode}}", container.name
     ).stdout.strip()
     out = podman.podman("logs", container.name, check=False)
     logs = out.stdout + out.stderr
-    assert "draining 1 in-flight" in logs, logs[-3000:]
+    drained = re.search(r"draining (\d+) in-flight", logs)
+    assert drained and int(drained.group(1)) >= 1, logs[-3000:]
     assert "Application shutdown complete" in logs, logs[-3000:]
     # uvicorn re-raises the SIGTERM it caught once it has shut down: 143 is a clean stop, and
     # what podman reports for it (a kill after the grace period would be 137).
