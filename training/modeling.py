@@ -174,9 +174,18 @@ def save_checkpoint(
     model = unwrap_lora(model)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
+    make_world_readable(tmp)
     if directory.exists():
         shutil.rmtree(directory)
     tmp.rename(directory)
+
+
+def make_world_readable(directory: Path) -> None:
+    """Files 0644 and folders 0755: transformers may write weights 0600, and a run is mounted
+    into a container whose server runs as another user (uid 10001 in the Dockerfile)."""
+    for path in [directory, *directory.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def step_tag_id(tokenizer: PreTrainedTokenizerBase) -> int:

