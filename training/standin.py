@@ -70,7 +70,7 @@ def build_standin(
     out: Path,
     *,
     vocab_size: int = 2048,
-    steps: int = 200,
+    steps: int = 120,
     seed: int = 0,
     verbose: bool = True,
 ) -> dict[str, Any]:
@@ -106,15 +106,15 @@ def build_standin(
     model.train()
     loss = torch.tensor(float("nan"))
     for step in range(steps):
-        batch = [t + EOS for t in rng.sample(texts, 16)]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=256)
+        batch = [t + EOS for t in rng.sample(texts, 8)]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=192)
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         loss = model(**enc, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        if verbose and (step % 50 == 0 or step == steps - 1):
+        if verbose and (step % 20 == 0 or step == steps - 1):
             print(f"stand-in step {step}: loss {loss.item():.3f}", flush=True)
     model.eval()
     tokenizer.pad_token = None
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gsm8k-dir", type=Path, required=True, help="folder with train.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="the model directory to write")
     parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=200, help="LM steps on GSM8K's text")
+    parser.add_argument("--steps", type=int, default=120, help="LM steps on GSM8K's text")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     info = build_standin(
