@@ -12,8 +12,8 @@ from pathlib import Path
 from tests.support.tiny_models import _locked, cache_root
 
 ROOT = Path(__file__).resolve().parents[2]
-# Where CI (and this project's workspace) keeps GSM8K; a user's checkout may not have it.
-GSM8K_DIR = ROOT.parent / "shared" / "data" / "gsm8k"
+# Where CI (and this project's workspace) keeps GSM8K; elsewhere GLORE_GSM8K_DIR points to it.
+GSM8K_DIR = Path(os.environ.get("GLORE_GSM8K_DIR") or ROOT.parent / "shared" / "data" / "gsm8k")
 
 
 def standin_key() -> str:

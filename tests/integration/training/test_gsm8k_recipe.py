@@ -47,16 +47,18 @@ SIZES = [
     "refiners.warmup_steps=1", "refiners.eval_drafts=2", "refiners.max_new_tokens=40",
     "reranker.candidate_questions=3",
 ]  # fmt: skip
-# This machine's, not the recipe's: 2 CPU threads, float32 (vLLM's CPU backend), and the HF
-# backend for the main run's sampling (vLLM's rollouts run below, on a copy of the run).
-CPU = [] if GPU else ["threads=2", "model.dtype=float32", "rollouts.backend=hf"]
+# The machine's, not the recipe's: on CPU 2 threads and float32 (vLLM's CPU backend). The main
+# run samples on HF; the recipe's own backend, vLLM, runs the rollouts again on a copy of it.
+CPU = [] if GPU else ["threads=2", "model.dtype=float32"]
+HF_ROLLOUTS = "rollouts.backend=hf"
 ENV = {
     **os.environ,
     "OMP_NUM_THREADS": "2",
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_CPU_KVCACHE_SPACE": "1",
 }
-VLLM_OPTIONS = json.dumps({} if GPU else {"cpu_kvcache_space_gib": 1})
+# Five engines share one GPU in `glore serve`, so each takes a small share of its memory.
+VLLM_OPTIONS = json.dumps({"gpu_memory_utilization": 0.15} if GPU else {"cpu_kvcache_space_gib": 1})
 ROLES = ("policy", "orm", "sorm", "refine_global", "refine_local")
 TIMES: dict[str, float] = {}
 
@@ -84,7 +86,7 @@ def gsm8k_run(standin_base_model: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("gsm8k") / "run"
     glore(
         "train", "all", "--recipe", RECIPE, "--out", str(out),
-        f"model.base={standin_base_model}", DATA, "model.lora=true", *SIZES, *CPU,
+        f"model.base={standin_base_model}", DATA, "model.lora=true", *SIZES, *CPU, HF_ROLLOUTS,
     )  # fmt: skip
     return out
 
@@ -159,16 +161,16 @@ def test_gsm8k_answers_come_from_the_hash_line_and_prompts_have_gsm8k_length(
     assert max(lengths) > 100  # GSM8K length, unlike the synthetic task's
 
 
+@pytest.mark.vllm
 def test_rollouts_run_on_vllm_too_with_the_recipes_own_backend(
-    gsm8k_run: Path, tmp_path: Path
+    gsm8k_run: Path, standin_base_model: Path, tmp_path: Path
 ) -> None:
     copy = tmp_path / "run"
     shutil.copytree(gsm8k_run, copy)
     shutil.rmtree(copy / "rollouts")
-    cpu = [c for c in CPU if not c.startswith("rollouts.backend")]
     glore(
         "train", "rollouts", "--recipe", RECIPE, "--out", str(copy),
-        f"model.base={gsm8k_run}", DATA, "model.lora=true", *SIZES, *cpu,
+        f"model.base={standin_base_model}", DATA, "model.lora=true", *SIZES, *CPU,
     )  # fmt: skip
     stages = json.loads((copy / "manifest.json").read_text())["stages"]
     assert stages["rollouts"]["status"] == "done"
