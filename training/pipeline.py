@@ -396,18 +396,20 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
     if not rollouts:
         raise FileNotFoundError(f"{run.rollouts_dir} has no rollouts: run `glore train rollouts`")
     extra: list[Any] = []
+    balanced = role is Role.SORM and cfg.balance
     if role is Role.ORM:
         extra = _orm_extra_drafts(run, policy, seed)
         rows = orm_examples([*rollouts, *extra])
     else:
-        rows = sorm_examples(
-            rollouts,
-            seed=seed,
-            soft=cfg.soft_labels,
-            propagate=cfg.propagate,
-            balance=cfg.balance,
-            consistency=cfg.consistency_check,
-        )
+        kw = {"seed": seed, "soft": cfg.soft_labels, "propagate": cfg.propagate}
+        rows = sorm_examples(rollouts, balance=cfg.balance, consistency=cfg.consistency_check, **kw)
+        if not rows and cfg.balance:
+            # Every step index has one class only (a policy that never succeeds: a weak base
+            # model, or GSM8K at a few steps): balancing keeps nothing, so train unbalanced
+            # rather than stop after the rollouts, and say so in the manifest.
+            log.warning("sorm: V* labels have one class at every step; training unbalanced")
+            rows = sorm_examples(rollouts, balance=False, consistency=cfg.consistency_check, **kw)
+            balanced = False
     problems = run.problems_by_id()
     tok = run.tokenizer()
     examples = reward_examples(tok, rows, problems)
@@ -425,6 +427,7 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
         "counts": {
             "train_drafts": len(rows),
             "extra_drafts": len(extra),
+            **({"balanced": balanced} if role is Role.SORM else {}),
             "labelled_steps": len(labelled),
             "positive_fraction": sum(v >= 0.5 for v in labelled) / len(labelled)
             if labelled
