@@ -77,7 +77,7 @@ def build_standin(
     """Train the tokenizer and a 2-layer Llama for `steps` LM steps; write an HF folder at
     `out` (config.json, model.safetensors, tokenizer files). Returns what was built."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     started = time.monotonic()
     texts = gsm8k_texts(gsm8k_dir)
@@ -102,7 +102,10 @@ def build_standin(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * (1 - s / steps)
     )
-    tokenizer.pad_token = EOS  # for batching here only; the saved tokenizer has none
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out))  # as a base model ships it: no pad token
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    tokenizer.pad_token = EOS  # for batching here only
     model.train()
     loss = torch.tensor(float("nan"))
     for step in range(steps):
@@ -117,10 +120,7 @@ def build_standin(
         if verbose and (step % 20 == 0 or step == steps - 1):
             print(f"stand-in step {step}: loss {loss.item():.3f}", flush=True)
     model.eval()
-    tokenizer.pad_token = None
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
     info = {
         "built_by": "training.standin",
         "gsm8k_dir": str(gsm8k_dir),

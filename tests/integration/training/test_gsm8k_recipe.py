@@ -137,7 +137,7 @@ def test_the_step_tag_is_added_to_the_base_tokenizer_and_every_embedding_is_resi
         assert not list(ckpt.glob("adapter_*")), "LoRA adapters are merged, not saved apart"
         arch = config["architectures"][0]
         if role in ("orm", "sorm"):
-            assert arch == "LlamaForTokenClassification" and config["num_labels"] == 2
+            assert arch == "LlamaForTokenClassification" and len(config["id2label"]) == 2
         else:
             assert arch == "LlamaForCausalLM"
 
@@ -175,7 +175,10 @@ def test_rollouts_run_on_vllm_too_with_the_recipes_own_backend(
     stages = json.loads((copy / "manifest.json").read_text())["stages"]
     assert stages["rollouts"]["status"] == "done"
     hf = json.loads((gsm8k_run / "manifest.json").read_text())["stages"]["rollouts"]
-    assert stages["rollouts"]["counts"] == hf["counts"]
+    counts = stages["rollouts"]["counts"]
+    for key in ("questions", "drafts", "heldout_drafts"):  # the same plan; other samples
+        assert counts[key] == hf["counts"][key], key
+    assert counts["steps"] > 0
     recipe = (copy / "recipe.yaml").read_text()
     assert "backend: vllm" in recipe
     assert sorted(p.name for p in (copy / "rollouts").glob("*.jsonl")) == sorted(
@@ -212,7 +215,9 @@ def test_glore_serve_loads_the_run_and_answers_a_gsm8k_question(
         assert r.status_code == 200, r.text
         body = r.json()
     TIMES[f"serve {backend}"] = time.monotonic() - start
-    assert [c["label"] for c in body["candidates"]] == ["draft", "global", "local"]
+    labels = [c["label"] for c in body["candidates"]]
+    # local only where the SORM flags a step (the paper refines globally only otherwise)
+    assert labels in (["draft", "global", "local"], ["draft", "global"]), labels
     assert body["winner"] in {"draft", "global", "local"}
     assert body["steps"] and len(body["sorm_step_scores"]) == body["candidates"][0]["num_steps"]
     assert all(0.0 <= c["orm_score"] <= 1.0 for c in body["candidates"])
