@@ -236,7 +236,16 @@ def test_glore_eval_writes_a_report_on_gsm8k_test_questions(
     assert f"report: {out}/report.md" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.md").is_file()
-    print(json.dumps(sorted(report)), file=sys.stderr)
+    assert report["meta"]["n_test"] == 4 and report["meta"]["split"] == "test"
+    assert Path(report["meta"]["data"]).resolve() == (GSM8K_DIR / "test.jsonl").resolve()
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    lines = (GSM8K_DIR / "test.jsonl").read_text().splitlines()[:4]
+    expected = [normalize_number(json.loads(x)["answer"].rsplit("####", 1)[1]) for x in lines]
+    assert [r["problem_id"] for r in records] == [f"gsm8k-test-{i}" for i in range(1, 5)]
+    assert [r["reference"] for r in records] == expected  # read from each `#### N`
+    for r in records:
+        assert {"greedy", "glore", "best_of_3"} <= set(r["methods"])
+        assert len(r["sorm_steps"]) == len(r["draft_steps"])
 
 
 def test_zz_report_the_time_each_part_took() -> None:
