@@ -33,8 +33,22 @@ class DataConfig:
     n_train: int = field(default=2000, metadata={"help": "training questions (synthetic)"})
     n_val: int = field(default=100, metadata={"help": "validation questions (synthetic)"})
     n_test: int = field(default=200, metadata={"help": "held-out test questions"})
-    gsm8k_dir: str = field(
-        default="../shared/data/gsm8k", metadata={"help": "folder with train.jsonl and test.jsonl"}
+    gsm8k_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "GSM8K: a folder with train.jsonl and test.jsonl (relative to the working "
+            "directory); required for source gsm8k unless data.hub names the dataset"
+        },
+    )
+    hub: str | None = field(
+        default=None,
+        metadata={
+            "help": "GSM8K through the `datasets` library instead: a hub name (openai/gsm8k) "
+            "or a local dataset folder, read by datasets.load_dataset (splits train and test)"
+        },
+    )
+    hub_config: str | None = field(
+        default=None, metadata={"help": "the dataset's configuration, e.g. main for openai/gsm8k"}
     )
 
 
@@ -345,4 +359,19 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = value
-    return _build(RunConfig, data, "")
+    cfg: RunConfig = _build(RunConfig, data, "")
+    check(cfg)
+    return cfg
+
+
+def check(cfg: RunConfig) -> None:
+    """What no single field can say alone: a GSM8K run needs data that the user has."""
+    d = cfg.data
+    if d.source == "gsm8k" and not d.gsm8k_dir and not d.hub:
+        raise ConfigError(
+            "data.gsm8k_dir: required for data.source=gsm8k: a folder with train.jsonl and "
+            "test.jsonl, e.g. data.gsm8k_dir=/data/gsm8k (or data.hub=openai/gsm8k "
+            "data.hub_config=main to read it through the datasets library)"
+        )
+    if d.gsm8k_dir and d.hub:
+        raise ConfigError("data.hub: give data.gsm8k_dir or data.hub, not both")

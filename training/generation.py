@@ -27,8 +27,14 @@ from engines.base import (
 
 
 def engine_spec(path: str | Path, backend: str, max_batch_size: int) -> EngineSpec:
-    options: dict[str, object] = {"max_batch_size": max_batch_size}
-    return EngineSpec(path=str(path), backend=Backend(backend), options=options)
+    """One checkpoint on `backend`, batching at most `max_batch_size` sequences at a time.
+
+    The HF engine's micro-batcher takes the size as `max_batch_size`; vLLM schedules
+    continuously and takes it as `max_num_seqs`.
+    """
+    b = Backend(backend)
+    key = "max_num_seqs" if b is Backend.VLLM else "max_batch_size"
+    return EngineSpec(path=str(path), backend=b, options={key: max_batch_size})
 
 
 def _load(role: Role, spec: EngineSpec) -> Any:

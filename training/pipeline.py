@@ -234,7 +234,7 @@ class Run:
 def stage_data(run: Run) -> dict[str, Any]:
     """Fixed splits (synthetic or GSM8K) and the run's tokenizer, written once."""
     from training.modeling import base_tokenizer
-    from training.tasks import TaskConfig, load_gsm8k, make_splits, save_problems, split_problems
+    from training.tasks import TaskConfig, make_splits, save_problems, split_problems
 
     cfg = run.cfg.data
     run.data_dir.mkdir(parents=True, exist_ok=True)
@@ -243,14 +243,12 @@ def stage_data(run: Run) -> dict[str, Any]:
         splits = make_splits(task, run.cfg.seed, cfg.n_train, cfg.n_val, cfg.n_test)
         train, val, test = list(splits.train), list(splits.val), list(splits.test)
     elif cfg.source == "gsm8k":
-        root = Path(cfg.gsm8k_dir)
-        if not (root / "train.jsonl").exists():
-            raise FileNotFoundError(f"data.gsm8k_dir: no train.jsonl under {root}")
-        rest = split_problems(_gsm8k(load_gsm8k, root / "train.jsonl"), run.cfg.seed, cfg.n_val, 0)
+        full_train, full_test = _gsm8k_splits(cfg)
+        rest = split_problems(full_train, run.cfg.seed, cfg.n_val, 0)
         train, val = list(rest.train), list(rest.val)
         if cfg.n_train:
             train = train[: cfg.n_train]
-        test = _gsm8k(load_gsm8k, root / "test.jsonl")[: cfg.n_test or None]
+        test = full_test[: cfg.n_test or None]
     else:
         raise ValueError(f"data.source: unknown {cfg.source!r} (synthetic | gsm8k)")
     if run.acc.is_main_process:
@@ -270,9 +268,22 @@ def stage_data(run: Run) -> dict[str, Any]:
     }
 
 
-def _gsm8k(loader: Callable[..., Any], path: Path) -> list[Any]:
-    loaded = loader(path)
-    return list(getattr(loaded, "problems", loaded))
+def _gsm8k_splits(cfg: Any) -> tuple[list[Any], list[Any]]:
+    """GSM8K's (train, test) problems from `data.gsm8k_dir` or, through `datasets`, `data.hub`."""
+    from training.tasks import load_gsm8k, load_gsm8k_hub
+
+    if cfg.hub:
+        return (
+            load_gsm8k_hub(cfg.hub, "train", config=cfg.hub_config),
+            load_gsm8k_hub(cfg.hub, "test", config=cfg.hub_config),
+        )
+    if not cfg.gsm8k_dir:
+        raise ValueError("data.gsm8k_dir: required for data.source=gsm8k (or data.hub)")
+    root = Path(cfg.gsm8k_dir)
+    for name in ("train.jsonl", "test.jsonl"):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"data.gsm8k_dir: no {name} under {root.resolve()}")
+    return load_gsm8k(root / "train.jsonl"), load_gsm8k(root / "test.jsonl")
 
 
 def _corpus(problems: Sequence[Any]) -> list[str]:
@@ -397,18 +408,20 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
     if not rollouts:
         raise FileNotFoundError(f"{run.rollouts_dir} has no rollouts: run `glore train rollouts`")
     extra: list[Any] = []
+    balanced = role is Role.SORM and cfg.balance
     if role is Role.ORM:
         extra = _orm_extra_drafts(run, policy, seed)
         rows = orm_examples([*rollouts, *extra])
     else:
-        rows = sorm_examples(
-            rollouts,
-            seed=seed,
-            soft=cfg.soft_labels,
-            propagate=cfg.propagate,
-            balance=cfg.balance,
-            consistency=cfg.consistency_check,
-        )
+        kw = {"seed": seed, "soft": cfg.soft_labels, "propagate": cfg.propagate}
+        rows = sorm_examples(rollouts, balance=cfg.balance, consistency=cfg.consistency_check, **kw)
+        if not rows and cfg.balance:
+            # Every step index has one class only (a policy that never succeeds: a weak base
+            # model, or GSM8K at a few steps): balancing keeps nothing, so train unbalanced
+            # rather than stop after the rollouts, and say so in the manifest.
+            log.warning("sorm: V* labels have one class at every step; training unbalanced")
+            rows = sorm_examples(rollouts, balance=False, consistency=cfg.consistency_check, **kw)
+            balanced = False
     problems = run.problems_by_id()
     tok = run.tokenizer()
     examples = reward_examples(tok, rows, problems)
@@ -426,6 +439,7 @@ def _reward_stage(run: Run, role: Role, stage: Stage) -> dict[str, Any]:
         "counts": {
             "train_drafts": len(rows),
             "extra_drafts": len(extra),
+            **({"balanced": balanced} if role is Role.SORM else {}),
             "labelled_steps": len(labelled),
             "positive_fraction": sum(v >= 0.5 for v in labelled) / len(labelled)
             if labelled

@@ -39,3 +39,13 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def standin_base_model() -> Path:
+    """A small pretrained-style Llama directory with its own GSM8K-trained BPE tokenizer and no
+    step tag (training.standin), built once and cached: the real-model recipe's base."""
+    from tests.support.standin_model import GSM8K_DIR, build_standin_model
+
+    assert GSM8K_DIR.is_dir(), f"GSM8K data is missing at {GSM8K_DIR}"
+    return build_standin_model()

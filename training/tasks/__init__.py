@@ -3,7 +3,7 @@ the GSM8K loader and fixed splits.
 """
 
 from training.tasks.checker import StepCheck, check_solution
-from training.tasks.gsm8k import GSM8KLoad, load_gsm8k, read_gsm8k
+from training.tasks.gsm8k import GSM8KLoad, load_gsm8k, load_gsm8k_hub, read_gsm8k
 from training.tasks.splits import Splits, canonical_question, make_splits, split_problems
 from training.tasks.synthetic import generate_problem, generate_problems
 from training.tasks.types import (
@@ -28,6 +28,7 @@ __all__ = [
     "generate_problem",
     "generate_problems",
     "load_gsm8k",
+    "load_gsm8k_hub",
     "load_problems",
     "make_splits",
     "read_gsm8k",

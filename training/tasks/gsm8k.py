@@ -117,3 +117,29 @@ def read_gsm8k(path: str | Path, *, strict: bool = True, name: str | None = None
 def load_gsm8k(path: str | Path, *, strict: bool = True) -> list[Problem]:
     """The problems of a GSM8K JSONL file (see `read_gsm8k` for errors and skipped lines)."""
     return read_gsm8k(path, strict=strict).problems
+
+
+def load_gsm8k_hub(name: str, split: str, *, config: str | None = None) -> list[Problem]:
+    """One split of GSM8K read through `datasets.load_dataset(name, config, split=split)`.
+
+    `name` is a hub id (openai/gsm8k, config main) where the hub is reachable, or a local
+    folder that `datasets` reads itself (train.jsonl and test.jsonl become the two splits).
+    Records go through `parse_gsm8k_record`, so a malformed one raises ValueError naming the
+    dataset, the split, the row and the field. Ids are `gsm8k-<split>-<row>` (1-based), the ids
+    `read_gsm8k` gives the same files.
+    """
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - a base install has it (pyproject)
+        raise ValueError("data.hub: needs the `datasets` package (pip install datasets)") from exc
+    try:
+        rows = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # the library raises many types: missing, offline, bad config
+        raise ValueError(f"data.hub: cannot load {name!r} split {split!r}: {exc}") from exc
+    problems = []
+    for i, record in enumerate(rows, start=1):
+        try:
+            problems.append(parse_gsm8k_record(record, f"gsm8k-{split}-{i}"))
+        except ValueError as e:
+            raise ValueError(f"{name} ({split}) row {i}: {e}") from e
+    return problems

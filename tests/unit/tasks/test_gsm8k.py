@@ -124,3 +124,35 @@ def test_every_real_gsm8k_line_loads_with_a_numeric_answer_and_steps() -> None:
     )
     assert first.step_values == ("9", "18", None)
     assert first.answer == "18"
+
+
+def test_the_datasets_path_reads_a_local_gsm8k_folder_as_the_jsonl_loader_does(
+    tmp_path: Path,
+) -> None:
+    """`data.hub` goes through `datasets.load_dataset`; a local folder takes the same path a hub
+    id does, and gives the same problems, ids included, as the JSONL loader."""
+    from training.tasks import load_gsm8k_hub
+
+    other = {"question": "Bo has 2 hats and buys 3. How many?", "answer": "2+3=<<2+3=5>>5\n#### 5"}
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps(RECORD) + "\n" + json.dumps(other) + "\n")
+    (folder / "test.jsonl").write_text(json.dumps(other) + "\n")
+    train = load_gsm8k_hub(str(folder), "train")
+    assert train == load_gsm8k(folder / "train.jsonl")
+    assert [p.id for p in train] == ["gsm8k-train-1", "gsm8k-train-2"]
+    assert [p.answer for p in train] == ["17", "5"]
+    assert load_gsm8k_hub(str(folder), "test") == load_gsm8k(folder / "test.jsonl")
+
+
+def test_the_datasets_path_names_the_row_and_field_of_a_bad_record(tmp_path: Path) -> None:
+    from training.tasks import load_gsm8k_hub
+
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    bad = {"question": "How many?", "answer": "no final answer here"}
+    (folder / "train.jsonl").write_text(json.dumps(RECORD) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=r"\(train\) row 2: field 'answer' has no '#### N'"):
+        load_gsm8k_hub(str(folder), "train")
+    with pytest.raises(ValueError, match=r"data\.hub: cannot load"):
+        load_gsm8k_hub(str(tmp_path / "missing"), "train")

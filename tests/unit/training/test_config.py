@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +24,11 @@ def test_every_preset_resolves_and_builds_its_task(preset: str) -> None:
 def test_the_example_gsm8k_recipe_resolves() -> None:
     from training.config import RECIPES_DIR
 
-    cfg = load_config(recipe=RECIPES_DIR / "example-gsm8k.yaml")
-    assert cfg == load_config(recipe="example-gsm8k.yaml")
+    data = "data.gsm8k_dir=/data/gsm8k"
+    cfg = load_config(recipe=RECIPES_DIR / "example-gsm8k.yaml", overrides=[data])
+    assert cfg == load_config(recipe="example-gsm8k.yaml", overrides=[data])
     assert cfg.data.source == "gsm8k"
+    assert cfg.data.gsm8k_dir == "/data/gsm8k"
     assert cfg.model.base
     assert cfg.rollouts.k == 8
 
@@ -76,3 +79,30 @@ def test_glore_train_reports_a_bad_override_as_a_usage_error(tmp_path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "rollouts.k" in proc.stderr
+
+
+def test_the_gsm8k_recipe_names_no_data_path_and_asks_for_one_by_field() -> None:
+    from training.config import RECIPES_DIR
+
+    text = (RECIPES_DIR / "example-gsm8k.yaml").read_text()
+    assert "shared" not in text and "../" not in text
+    with pytest.raises(ConfigError, match=r"^data\.gsm8k_dir: required") as err:
+        load_config(recipe="example-gsm8k.yaml")
+    assert "data.hub" in str(err.value)  # the other way in is named too
+    hub = load_config(recipe="example-gsm8k.yaml", overrides=["data.hub=openai/gsm8k"])
+    assert hub.data.hub == "openai/gsm8k" and hub.data.gsm8k_dir is None
+    with pytest.raises(ConfigError, match=r"data\.hub: give data\.gsm8k_dir or data\.hub"):
+        load_config(recipe="example-gsm8k.yaml", overrides=["data.hub=x", "data.gsm8k_dir=y"])
+
+
+def test_glore_train_without_gsm8k_data_exits_2_naming_the_field() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "glore.cli", "train", "policy", "--recipe", "example-gsm8k.yaml"],
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "data.gsm8k_dir: required" in proc.stderr
+    assert "Traceback" not in proc.stderr
