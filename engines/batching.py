@@ -284,6 +284,7 @@ class ContinuousBatcher(Generic[T, R]):
         self._closed = False
         self._crash: BaseException | None = None
         self._steps = self._items = self._largest = self._joined_running = 0
+        self.retried_batches = 0  # running batches that failed and were rerun row by row
         self._thread = threading.Thread(target=self._run, name=f"glore-{name}", daemon=True)
         self._thread.start()
 
@@ -385,18 +386,44 @@ class ContinuousBatcher(Generic[T, R]):
         return self._decoder.admit({k: p.item for k, p in joining.items()})
 
     def _guarded(self, fn: Callable[[], dict[int, R]]) -> None:
-        """Run one admit or step; resolve finished rows. An error fails every live row, since
-        the decoder's batch state can no longer be trusted, and the decoder starts afresh."""
+        """Run one admit or step; resolve finished rows. On an error the decoder's batch state
+        can no longer be trusted: it starts afresh, and every live row is run again alone, so
+        only a row that fails on its own gets the error (a poison row, an OOM on its length)."""
         try:
             finished = fn()
         except Exception as exc:
-            self._fail_live(exc)
-            self._decoder.reset()
+            self._isolate(exc)
             return
         for key, result in finished.items():
             p = self._live.pop(key)
             if not p.future.done():
                 p.future.set_result(result)
+
+    def _isolate(self, exc: Exception) -> None:
+        live, self._live = self._live, {}
+        self._decoder.reset()
+        self.retried_batches += 1
+        log.warning(
+            "%s: a running batch of %d failed (%r); running its rows one by one",
+            self.name,
+            len(live),
+            exc,
+        )
+        for key, p in live.items():
+            if p.abandoned or p.future.done():
+                continue
+            try:
+                finished = dict(self._decoder.admit({key: p.item}))
+                while key not in finished:
+                    if not self._decoder.size:
+                        raise EngineError(f"{self.name}: a row left the batch unfinished")
+                    finished.update(self._decoder.step())
+                    self._steps += 1
+            except Exception as row_exc:
+                self._decoder.reset()
+                p.future.set_exception(row_exc)
+                continue
+            p.future.set_result(finished[key])
 
     def _drop_abandoned(self) -> None:
         gone = [k for k, p in self._live.items() if p.abandoned]

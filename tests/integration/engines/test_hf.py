@@ -77,14 +77,14 @@ async def test_a_row_that_breaks_the_model_fails_alone_in_its_micro_batch(
     its own call; the good rows of the same micro-batch are retried alone and answered."""
     gen = HFGenerator(tiny_checkpoints.policy, device="cpu", batch_wait_ms=50)
     poison = policy_prompt("POISON: how many apples are left?")
-    real_decode = gen._decode
+    real_prefill = gen._prefill
 
-    def decode(rows, encoded, cancelled):  # type: ignore[no-untyped-def]
+    def prefill(rows):  # type: ignore[no-untyped-def]
         if any(r.prompt == poison for r in rows):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real_decode(rows, encoded, cancelled)
+        return real_prefill(rows)
 
-    monkeypatch.setattr(gen, "_decode", decode)
+    monkeypatch.setattr(gen, "_prefill", prefill)
     try:
         params = SamplingParams(max_new_tokens=48)
         solo = [(await gen.generate([p], params))[0][0] for p in PROMPTS[:7]]
