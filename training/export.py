@@ -29,8 +29,6 @@ MANIFEST = "manifest.json"
 EXCLUDE: tuple[str, ...] = (
     "rollouts/*",
     ".cache/*",
-    "data/train.jsonl",
-    "data/*rollout*",
     "*/checkpoint-*",
     "*/optimizer.pt",
     "*/scheduler.pt",
@@ -63,7 +61,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Of a run's data, serving and the shipped checks need the held-out questions only; the rest
+# (training questions, refiner pairs, the ORM's extra drafts) is training data.
+KEEP_DATA = frozenset({"data/val.jsonl", "data/test.jsonl", "data/dev.jsonl"})
+
+
 def _excluded(rel: str, exclude: tuple[str, ...]) -> bool:
+    if exclude and rel.startswith("data/") and rel not in KEEP_DATA:
+        return True
     return any(fnmatch.fnmatch(rel, pattern) for pattern in exclude)
 
 

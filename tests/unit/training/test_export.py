@@ -26,6 +26,7 @@ def _run(tmp_path: Path, *, unfinished: bool = False) -> Path:
         "data/val.jsonl": b'{"id": "v-0"}\n',
         # training-only: left out of an export
         "data/train.jsonl": b'{"id": "x"}\n' * 100,
+        "data/refine_global_pairs.jsonl": b"{}\n",
         "rollouts/shard-0.jsonl": b"continuations\n",
         ".cache/reranker_rows.json": b"[]",
         "policy/checkpoint-100/optimizer.pt": b"state",
