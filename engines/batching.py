@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from engines.base import EngineError, EngineHealth
 
@@ -39,6 +39,28 @@ class _Pending(Generic[T]):
 
 
 _STOP = object()
+
+
+async def _results(pending: list[_Pending[T]]) -> list[Any]:
+    """Await a caller's items. On cancellation or a failure, the rest of them are no longer
+    wanted: queued ones are cancelled outright, running ones are flagged for the worker."""
+    try:
+        return list(await asyncio.gather(*(asyncio.wrap_future(p.future) for p in pending)))
+    finally:
+        for p in pending:
+            p.abandoned = True
+            p.future.cancel()
+
+
+def _worker_health(batcher: Any, detail: str) -> EngineHealth:
+    """A batcher's health: closed, crashed, its worker thread gone, or serving (`detail`)."""
+    if batcher._closed:
+        return EngineHealth(False, "closed")
+    if batcher._crash is not None:
+        return EngineHealth(False, f"worker crashed: {batcher._crash!r}")
+    if not batcher._thread.is_alive():
+        return EngineHealth(False, "worker thread is not running")
+    return EngineHealth(True, detail)
 
 
 @dataclass(frozen=True)
@@ -90,23 +112,10 @@ class MicroBatcher(Generic[T, R]):
         pending = [_Pending(item, concurrent.futures.Future()) for item in items]
         if pending:
             self._queue.put(pending)
-        try:
-            return list(await asyncio.gather(*(asyncio.wrap_future(p.future) for p in pending)))
-        finally:
-            # On cancellation or a failure, the rest of this caller's items are no longer wanted:
-            # queued ones are cancelled outright, running ones are flagged for the batch.
-            for p in pending:
-                p.abandoned = True
-                p.future.cancel()
+        return await _results(pending)
 
     def health(self) -> EngineHealth:
-        if self._closed:
-            return EngineHealth(False, "closed")
-        if self._crash is not None:
-            return EngineHealth(False, f"worker crashed: {self._crash!r}")
-        if not self._thread.is_alive():
-            return EngineHealth(False, "worker thread is not running")
-        return EngineHealth(True, f"{self._batches} batches, {self._items} items")
+        return _worker_health(self, f"{self._batches} batches, {self._items} items")
 
     @property
     def stats(self) -> BatcherStats:
@@ -296,21 +305,10 @@ class ContinuousBatcher(Generic[T, R]):
         pending = [_Pending(item, concurrent.futures.Future()) for item in items]
         for p in pending:
             self._queue.put(p)
-        try:
-            return list(await asyncio.gather(*(asyncio.wrap_future(p.future) for p in pending)))
-        finally:
-            for p in pending:
-                p.abandoned = True
-                p.future.cancel()
+        return await _results(pending)
 
     def health(self) -> EngineHealth:
-        if self._closed:
-            return EngineHealth(False, "closed")
-        if self._crash is not None:
-            return EngineHealth(False, f"worker crashed: {self._crash!r}")
-        if not self._thread.is_alive():
-            return EngineHealth(False, "worker thread is not running")
-        return EngineHealth(True, f"{self._steps} steps, {self._items} items")
+        return _worker_health(self, f"{self._steps} steps, {self._items} items")
 
     @property
     def stats(self) -> ContinuousStats:
