@@ -18,11 +18,24 @@ from prometheus_client import (
 
 from engines.base import Role
 from service.pipeline import Solution
+from service.pipeline.types import CandidateKind, Stage, StrategyName
 from service.profile import WarningCode
 
 # Requests take from milliseconds (cheap routes) to minutes (a long refinement on a big model).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+# The candidates each strategy makes beyond its draft, and where one may be dropped: their
+# zero series exist from the start, like the warnings'.
+_CANDIDATES = {
+    StrategyName.GLORE: (CandidateKind.GLOBAL, CandidateKind.LOCAL),
+    StrategyName.GLOBAL_ONLY: (CandidateKind.GLOBAL,),
+    StrategyName.LOCAL_ONLY: (CandidateKind.LOCAL,),
+    StrategyName.BEST_OF_N: (CandidateKind.SAMPLE,),
+    StrategyName.SELF_CONSISTENCY: (CandidateKind.SAMPLE,),
+}
+_STAGES = (Stage.REFINE, Stage.SCORE, Stage.RERANK)
 
 
 class Metrics:
@@ -123,6 +136,11 @@ class Metrics:
         # Zero series from the start, so a rate() or an alert sees every code before it fires.
         for code in WarningCode:
             self.warnings.labels(code=code.value)
+        for strategy, kinds in _CANDIDATES.items():
+            for kind in kinds:
+                stages = (Stage.SCORE, Stage.RERANK) if kind is CandidateKind.SAMPLE else _STAGES
+                for stage in stages:
+                    self.dropped.labels(strategy=strategy.value, kind=kind.value, stage=stage.value)
 
     def observe_solution(self, solution: Solution) -> None:
         strategy = solution.strategy.value
