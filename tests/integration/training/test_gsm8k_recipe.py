@@ -97,7 +97,9 @@ def test_all_five_stages_and_an_expert_iteration_round_finish_on_the_base_model(
 ) -> None:
     manifest = json.loads((gsm8k_run / "manifest.json").read_text())
     stages = manifest["stages"]
-    assert list(stages) == ["data", "policy", "rollouts", "orm", "sorm", "refiners", "reranker"]
+    assert list(stages) == [
+        "data", "policy", "rollouts", "orm", "sorm", "refiners", "reranker", "profile",
+    ]  # fmt: skip
     assert all(s["status"] == "done" for s in stages.values()), stages
     assert stages["data"]["counts"] == {"train": 24, "val": 4, "test": 6}
     assert stages["policy"]["counts"]["train_examples"] == 24
