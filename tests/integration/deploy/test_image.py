@@ -54,6 +54,9 @@ def container(glore_image: str, mountable_run: Path) -> Iterator[Container]:
         "GLORE_SHUTDOWN_TIMEOUT_S=45",
         "--env",
         "OMP_NUM_THREADS=1",
+        # The drain test's eight heavy solves run side by side rather than one after another.
+        "--env",
+        "GLORE_LIMITS__WEIGH_BY_COST=false",
         "--stop-timeout",
         "60",
         glore_image,
@@ -117,8 +120,9 @@ def test_the_healthcheck_passes(container: Container) -> None:
 
 
 def test_podman_stop_lets_in_flight_solves_finish(container: Container) -> None:
-    # Eight at once (the server's admission limit): the one worker takes them in turn, so some
-    # are still running when the SIGTERM arrives (a lone tiny solve can end before it does).
+    # Eight at once (the server's admission limit), each a best-of-16 of 96 tokens: seconds of
+    # work, so they are still running when the SIGTERM arrives (a tiny greedy solve ends in
+    # about 0.25 s, before `podman stop` delivers it: "draining 0" in a loaded CI run).
     n = 8
 
     def metric(text: str, name: str) -> float:
@@ -136,9 +140,12 @@ def test_podman_stop_lets_in_flight_solves_finish(container: Container) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
         pending = [
-            pool.submit(_solve, container.url, refine="always", max_new_tokens=96) for _ in range(n)
+            pool.submit(
+                _solve, container.url, strategy="best_of_n", n=16, seed=1, max_new_tokens=96
+            )
+            for _ in range(n)
         ]
-        wait_until(all_admitted, timeout=60, interval=0.02, what=f"{n} solves admitted")
+        wait_until(all_admitted, timeout=120, interval=0.02, what=f"{n} solves admitted")
         stop = podman.podman("stop", "--time", "60", container.name, check=False, timeout=120)
         responses = [p.result(timeout=180) for p in pending]
     assert stop.returncode == 0, stop.stderr
