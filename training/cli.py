@@ -42,8 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--preset",
         help="a recipe under training/recipes (smoke, tiny, tiny-wide); default: the recipe of "
-        "an existing "
-        "--out run, else tiny",
+        "an existing --out run, else tiny",
     )
     src.add_argument("--recipe", type=Path, help="a YAML recipe file (e.g. example-gsm8k.yaml)")
     parser.add_argument(
