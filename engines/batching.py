@@ -41,26 +41,63 @@ class _Pending(Generic[T]):
 _STOP = object()
 
 
-async def _results(pending: list[_Pending[T]]) -> list[Any]:
-    """Await a caller's items. On cancellation or a failure, the rest of them are no longer
-    wanted: queued ones are cancelled outright, running ones are flagged for the worker."""
-    try:
-        return list(await asyncio.gather(*(asyncio.wrap_future(p.future) for p in pending)))
-    finally:
-        for p in pending:
-            p.abandoned = True
-            p.future.cancel()
+class _Worker(Generic[T, R]):
+    """What both batchers share: one worker thread fed by a queue, callers awaiting futures from
+    any event loop, and the health and closing of that thread. A subclass says how a caller's
+    items are queued (`_enqueue`), what its health reports (`_detail`) and runs `_run`."""
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._crash: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"glore-{name}", daemon=True)
 
-def _worker_health(batcher: Any, detail: str) -> EngineHealth:
-    """A batcher's health: closed, crashed, its worker thread gone, or serving (`detail`)."""
-    if batcher._closed:
-        return EngineHealth(False, "closed")
-    if batcher._crash is not None:
-        return EngineHealth(False, f"worker crashed: {batcher._crash!r}")
-    if not batcher._thread.is_alive():
-        return EngineHealth(False, "worker thread is not running")
-    return EngineHealth(True, detail)
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _enqueue(self, pending: list[_Pending[T]]) -> None:
+        raise NotImplementedError
+
+    def _detail(self) -> str:
+        raise NotImplementedError
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """Results for `items`, in order. Cancelling the awaiting task drops the items' work."""
+        self._check_alive()
+        pending = [_Pending(item, concurrent.futures.Future()) for item in items]
+        if pending:
+            self._enqueue(pending)
+        try:
+            return list(await asyncio.gather(*(asyncio.wrap_future(p.future) for p in pending)))
+        finally:
+            # On cancellation or a failure, the rest of this caller's items are no longer
+            # wanted: queued ones are cancelled outright, running ones are flagged for the worker.
+            for p in pending:
+                p.abandoned = True
+                p.future.cancel()
+
+    def health(self) -> EngineHealth:
+        if self._closed:
+            return EngineHealth(False, "closed")
+        if self._crash is not None:
+            return EngineHealth(False, f"worker crashed: {self._crash!r}")
+        if not self._thread.is_alive():
+            return EngineHealth(False, "worker thread is not running")
+        return EngineHealth(True, self._detail())
+
+    async def close(self) -> None:
+        """Stop taking work, fail what is queued, and wait for the running work to finish."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def _check_alive(self) -> None:
+        state = self.health()
+        if not state.healthy:
+            raise EngineError(f"{self.name} is not serving: {state.detail}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +107,7 @@ class BatcherStats:
     largest_batch: int
 
 
-class MicroBatcher(Generic[T, R]):
+class MicroBatcher(_Worker[T, R]):
     """Runs `fn` on queued items: a lone item at once, else what is queued plus what arrives
     within `wait_ms` (up to `max_batch_size` items)."""
 
@@ -86,53 +123,31 @@ class MicroBatcher(Generic[T, R]):
             raise ValueError("max_batch_size must be >= 1")
         if wait_ms < 0:
             raise ValueError("batch_wait_ms must be >= 0")
+        super().__init__(name)
         self._fn = fn
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000.0
-        self.name = name
-        # One entry per submit call: a caller's items reach the worker together, so an idle
-        # worker never starts a batch with only the first of them.
-        self._queue: queue.SimpleQueue[list[_Pending[T]] | object] = queue.SimpleQueue()
         self._carry: list[_Pending[T]] = []  # a call's items that did not fit the last batch
-        self._closed = False
-        self._crash: BaseException | None = None
         self._batches = 0
         self._items = 0
         self._largest = 0
         # Batches that failed and were retried row by row (see _run_batch).
         self.retried_batches = 0
-        self._thread = threading.Thread(target=self._run, name=f"glore-{name}", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------ caller side
 
-    async def submit(self, items: Sequence[T]) -> list[R]:
-        """Results for `items`, in order. Cancelling the awaiting task drops the items' work."""
-        self._check_alive()
-        pending = [_Pending(item, concurrent.futures.Future()) for item in items]
-        if pending:
-            self._queue.put(pending)
-        return await _results(pending)
+    def _enqueue(self, pending: list[_Pending[T]]) -> None:
+        # One entry per submit call: a caller's items reach the worker together, so an idle
+        # worker never starts a batch with only the first of them.
+        self._queue.put(pending)
 
-    def health(self) -> EngineHealth:
-        return _worker_health(self, f"{self._batches} batches, {self._items} items")
+    def _detail(self) -> str:
+        return f"{self._batches} batches, {self._items} items"
 
     @property
     def stats(self) -> BatcherStats:
         return BatcherStats(self._batches, self._items, self._largest)
-
-    async def close(self) -> None:
-        """Stop taking work, fail what is queued, and wait for the running batch to finish."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
-
-    def _check_alive(self) -> None:
-        state = self.health()
-        if not state.healthy:
-            raise EngineError(f"{self.name} is not serving: {state.detail}")
 
     # ------------------------------------------------------------ worker side
 
@@ -276,7 +291,7 @@ class ContinuousStats:
     joined_running: int
 
 
-class ContinuousBatcher(Generic[T, R]):
+class ContinuousBatcher(_Worker[T, R]):
     """Runs a Decoder step by step on one worker thread: queued items join the running batch at
     every step (up to `max_batch_size` rows) and finished rows leave it, so a request never waits
     for a batch's longest row. Callers await from any event loop, as with MicroBatcher."""
@@ -284,31 +299,23 @@ class ContinuousBatcher(Generic[T, R]):
     def __init__(self, decoder: Decoder[T, R], *, max_batch_size: int = 64, name: str) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        super().__init__(name)
         self._decoder = decoder
         self.max_batch_size = max_batch_size
-        self.name = name
-        self._queue: queue.SimpleQueue[_Pending[T] | object] = queue.SimpleQueue()
         self._live: dict[int, _Pending[T]] = {}
         self._next_key = 0
-        self._closed = False
-        self._crash: BaseException | None = None
         self._steps = self._items = self._largest = self._joined_running = 0
         self.retried_batches = 0  # running batches that failed and were rerun row by row
-        self._thread = threading.Thread(target=self._run, name=f"glore-{name}", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------ caller side
 
-    async def submit(self, items: Sequence[T]) -> list[R]:
-        """Results for `items`, in order. Cancelling the awaiting task drops its rows."""
-        self._check_alive()
-        pending = [_Pending(item, concurrent.futures.Future()) for item in items]
+    def _enqueue(self, pending: list[_Pending[T]]) -> None:
         for p in pending:
             self._queue.put(p)
-        return await _results(pending)
 
-    def health(self) -> EngineHealth:
-        return _worker_health(self, f"{self._steps} steps, {self._items} items")
+    def _detail(self) -> str:
+        return f"{self._steps} steps, {self._items} items"
 
     @property
     def stats(self) -> ContinuousStats:
@@ -318,19 +325,6 @@ class ContinuousBatcher(Generic[T, R]):
     def running(self) -> int:
         """Rows in the batch now (read from any thread; a snapshot)."""
         return len(self._live)
-
-    async def close(self) -> None:
-        """Stop taking work, fail what is queued, and wait for the running rows to finish."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
-
-    def _check_alive(self) -> None:
-        state = self.health()
-        if not state.healthy:
-            raise EngineError(f"{self.name} is not serving: {state.detail}")
 
     # ------------------------------------------------------------ worker side
 
