@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from bench.service import relative_path
 from engines.base import Generator, SamplingParams, Scorer, ScoreRequest
 from engines.text import policy_prompt
 
@@ -226,8 +227,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "engines",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "checkpoints": {
-            "policy": _relative(policy),
-            "scorer": _relative(scorer_path),
+            "policy": relative_path(policy),
+            "scorer": relative_path(scorer_path),
             "source": source,
         },
         "settings": {
@@ -328,16 +329,6 @@ def engine_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _relative(path: str) -> str:
-    """A checkpoint path as the report shows it: relative to the repository when inside it,
-    else only its last parts (no machine's absolute paths in a committed report)."""
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(ROOT))
-    except ValueError:
-        return str(Path(*p.parts[-2:]))
 
 
 def _markdown(r: dict[str, Any]) -> str:

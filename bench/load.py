@@ -57,25 +57,41 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["errors_5xx"] == 0 else 1
 
 
+def _server_env(
+    args: argparse.Namespace, options: dict[str, Any], **settings: str
+) -> dict[str, str]:
+    """The bench server's environment: its threads, quiet logs, the backend and `settings`."""
+    from bench.live import backend_env
+
+    return {
+        "OMP_NUM_THREADS": str(args.threads),
+        "GLORE_LOG_LEVEL": "WARNING",
+        **settings,
+        **backend_env(args.backend, options),
+    }
+
+
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     import asyncio
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.live import LiveServer, backend_env, rss_split
-    from bench.service import engine_options, load_level, payload, questions, resolve_run
+    from bench.live import LiveServer, rss_split
+    from bench.service import (
+        engine_options,
+        load_level,
+        payload,
+        questions,
+        relative_path,
+        resolve_run,
+    )
 
     if args.concurrency < 1 or args.requests < args.windows or args.windows < 2:
         raise ValueError("need concurrency >= 1, windows >= 2 and requests >= windows")
     run_dir, source = resolve_run(args.run)
     options = engine_options(args)
-    env = {
-        "OMP_NUM_THREADS": str(args.threads),
-        "GLORE_LOG_LEVEL": "WARNING",
-        "GLORE_LIMITS__MAX_IN_FLIGHT": str(max(64, 2 * args.concurrency)),
-        **backend_env(args.backend, options),
-    }
+    env = _server_env(args, options, GLORE_LIMITS__MAX_IN_FLIGHT=str(max(64, 2 * args.concurrency)))
     qs = questions(256, args.seed)
     mix = MIXES[args.mix]
     per_window = args.requests // args.windows
@@ -116,7 +132,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "backend": args.backend,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run": {"path": str(run_dir), "source": source},
+        "run": {"path": relative_path(run_dir), "source": source},
         "settings": {
             "concurrency": args.concurrency,
             "requests": per_window * args.windows,
@@ -175,19 +191,15 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
 
     import httpx
 
-    from bench.live import LiveServer, backend_env
-    from bench.service import engine_options, load_level, questions, resolve_run
+    from bench.live import LiveServer
+    from bench.service import engine_options, load_level, questions, relative_path, resolve_run
     from service.settings import Limits
 
     if args.burst < 1:
         raise ValueError("--burst needs N >= 1")
     run_dir, source = resolve_run(args.run)
     options = engine_options(args)
-    env = {
-        "OMP_NUM_THREADS": str(args.threads),
-        "GLORE_LOG_LEVEL": "WARNING",
-        **backend_env(args.backend, options),
-    }
+    env = _server_env(args, options)  # the server's own limits: the burst is what is measured
     qs = questions(args.burst, args.seed)
     bodies = [{"question": q} for q in qs]
     with LiveServer(run_dir, env) as server:
@@ -208,7 +220,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "backend": args.backend,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run": {"path": str(run_dir), "source": source},
+        "run": {"path": relative_path(run_dir), "source": source},
         "server": {"max_in_flight": limits.max_in_flight, "max_queue": limits.max_queue},
         "requests": args.burst,
         "statuses": statuses,

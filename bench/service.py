@@ -516,7 +516,7 @@ def target_rows(both: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [t for r in both.values() if isinstance(r.get("targets"), list) for t in r["targets"]]
 
 
-def relative_path(path: Path) -> str:
+def relative_path(path: str | Path) -> str:
     """A path as a committed report shows it: relative to the repository when inside it, else
     its last two parts (never the absolute path of the machine that ran the bench)."""
     p = Path(path).resolve()
