@@ -113,6 +113,8 @@ def export_run(
         raise ExportError(f"{run}: stages not finished: {', '.join(unfinished)}")
     if out == run or run in out.parents:
         raise ExportError(f"--out {out} must lie outside the run {run}")
+    # Read before anything is copied: an unreadable report fails the export at once.
+    from_report = _serving_from_report(serving_from) if serving_from is not None else {}
     rels = exported_files(run, exclude)
     total = sum((run / rel).stat().st_size for rel in rels)
     if limit_bytes is not None and total > limit_bytes:
@@ -130,14 +132,11 @@ def export_run(
         shutil.copyfile(src, dst)  # follows symlinks: the export holds real files
         os.chmod(dst, 0o644)
         files[rel] = sha256_file(dst)
-    if serving_from is not None:
-        for name, data in _serving_from_report(serving_from).items():
+    if from_report:
+        for name, data in from_report.items():
             (scratch / name).write_text(json.dumps(data, indent=2) + "\n")
             files[name] = sha256_file(scratch / name)
-        manifest["serving"] = {
-            "file": "serving.json",
-            **_serving_from_report(serving_from)["serving.json"],
-        }
+        manifest["serving"] = {"file": "serving.json", **from_report["serving.json"]}
         files = dict(sorted(files.items()))
     manifest["files"] = files
     manifest["exported_from"] = run.name
