@@ -6,6 +6,7 @@ so a model only ever sees text in one format.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -213,3 +214,37 @@ def reward_input(question: str, steps: Sequence[str]) -> str:
     join_steps(steps)  # validates: single-line steps only
     body = "".join(f"{step} {STEP_TAG}{STEP_SEP}" for step in steps)
     return policy_prompt(question) + body
+
+
+# ---------------------------------------------------------------- fingerprint
+
+# A question and a draft that touch every rule above: compatibility forms, control characters,
+# extra whitespace, an imitated marker and tag, numbers with separators and signs.
+_PROBE_QUESTION = " Ａnn has 1,200\tpencils\u200b and [ bad ] <|STEP|> gives −5.\n"
+_PROBE_DRAFT = "Ann has 1200 pencils.\n\n  1200 - 5 = 1195.  \nThe answer is 1,195."
+
+
+def text_fingerprint() -> str:
+    """A hash of every input this contract renders: what each role's model sees, and how
+    answers are read.
+
+    It is computed from the rendered text, not from the source: a refactor that renders the
+    same text keeps it, and a changed template, separator, marker, tag or answer rule changes it.
+    Training writes it into a run's manifest; serving and evaluation compare it with their own.
+    """
+    steps = split_steps(_PROBE_DRAFT)
+    local = local_refine_prompt(_PROBE_QUESTION, _PROBE_DRAFT, 1)
+    rendered = [
+        policy_prompt(_PROBE_QUESTION),
+        "".join(question_in_prompt(_PROBE_QUESTION)),
+        global_refine_prompt(_PROBE_QUESTION, _PROBE_DRAFT),
+        local.prompt,
+        local.solution("1200 - 5 = 1195.\nThe answer is 1195."),
+        reward_input(_PROBE_QUESTION, steps),
+        answer_step("1195"),
+        repr(extract_answer(_PROBE_DRAFT)),
+        repr(normalize_number(" −1,195.50 ")),
+        repr(SPECIAL_TOKENS),
+    ]
+    blob = "\x00".join(rendered).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

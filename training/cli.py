@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument(
         "--preset",
-        help="a recipe under training/recipes (smoke, tiny, tiny-wide); default: the recipe of "
+        help="a recipe under training/recipes (smoke, tiny, tiny-narrow); default: the recipe of "
         "an existing --out run, else tiny",
     )
     src.add_argument("--recipe", type=Path, help="a YAML recipe file (e.g. example-gsm8k.yaml)")

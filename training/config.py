@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 import yaml
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-PRESETS = ("smoke", "tiny", "tiny-wide")
+PRESETS = ("smoke", "tiny", "tiny-narrow")
 
 
 class ConfigError(ValueError):

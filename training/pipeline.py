@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from engines.base import Role
+from engines.text import text_fingerprint
 from training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Stage(StrEnum):
     SORM = "sorm"
     REFINERS = "refiners"
     RERANKER = "reranker"
-    PROFILE = "profile"  # last: seeds come from the enum's order (append new stages after it)
+    PROFILE = "profile"
 
 
 # Which config sections each stage's output depends on (its own and everything upstream).
@@ -60,8 +61,12 @@ ALL_STAGES = (
     Stage.POLICY, Stage.ROLLOUTS, Stage.ORM, Stage.SORM, Stage.REFINERS, Stage.RERANKER,
     Stage.PROFILE,
 )  # fmt: skip
-# Per-stage seed offsets: every stage draws from its own stream.
-SEED_OFFSET = {s: i * 1000 for i, s in enumerate(Stage)}
+
+
+def stage_seed(base: int, stage: str) -> int:
+    """The seed of one stage: the run's seed plus an offset derived from the stage's name, so
+    every stage draws from its own stream and adding or reordering stages moves no other's."""
+    return base + int(hashlib.sha256(f"glore-stage:{stage}".encode()).hexdigest()[:6], 16)
 
 
 def _now() -> str:
@@ -104,7 +109,11 @@ def _inputs_hash(cfg: RunConfig, manifest: Manifest, stage: Stage) -> str:
     d = cfg.to_dict()
     upstream = {str(u): manifest.stage(u).get("hashes") for u in UPSTREAM[stage]}
     blob = json.dumps(
-        {"config": {n: d[n] for n in INPUTS[stage]}, "upstream": upstream},
+        {
+            "config": {n: d[n] for n in INPUTS[stage]},
+            "upstream": upstream,
+            "text_contract": text_fingerprint(),
+        },
         sort_keys=True,
         default=str,
     )
@@ -168,7 +177,7 @@ class Run:
         return self.out / str(role)
 
     def seed(self, stage: Stage) -> int:
-        return self.cfg.seed + SEED_OFFSET[stage]
+        return stage_seed(self.cfg.seed, stage)
 
     # ---------------------------------------------------------------- inputs
 
@@ -770,6 +779,7 @@ def run_stages(
         *INPUTS[Stage.REFINERS], "orm", "sorm", "reranker"
     )
     manifest.data["processes"] = run.acc.num_processes
+    manifest.data["text_fingerprint"] = text_fingerprint()
     for stage in [Stage.DATA, *stages]:
         entry = manifest.stage(stage)
         inputs_hash = _inputs_hash(cfg, manifest, stage)
@@ -784,7 +794,11 @@ def run_stages(
         _say(run, f"{stage}: starting")
         entry.clear()
         entry.update(
-            status="running", started=_now(), seed=run.seed(stage), config_hash=inputs_hash
+            status="running",
+            started=_now(),
+            seed=run.seed(stage),
+            config_hash=inputs_hash,
+            text_fingerprint=text_fingerprint(),
         )
         if run.acc.is_main_process:
             manifest.save()

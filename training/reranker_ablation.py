@@ -27,7 +27,7 @@ from engines.reranker import BUILTIN, Reranker
 from training.config import RunConfig, load_config
 from training.evaluation.rerankers import measure
 from training.evaluation.runner import RANKED_METHODS, QuestionRecord
-from training.pipeline import SEED_OFFSET, Stage
+from training.pipeline import Stage, stage_seed
 from training.reranker import (
     Row,
     candidate_questions,
@@ -107,7 +107,7 @@ def training_rows(run: Path, cache: Path) -> list[Row]:
     )
     rows = sample_rows(samples, readings)
     used = {r.problem_id for r in (*rollouts, *extra)}
-    seed = cfg.seed + SEED_OFFSET[Stage.RERANKER]
+    seed = stage_seed(cfg.seed, Stage.RERANKER)
     fresh = candidate_questions(splits["train"], used, cfg.reranker.candidate_questions, seed)
     rows += candidate_rows(run, fresh, backend=cfg.reranker.backend)
     save_rows(cache, rows)
@@ -123,7 +123,7 @@ def ablate(run: Path, dev: Path, *, l2: float | None = None) -> dict[str, Any]:
     rows = training_rows(run, run / ".cache" / "reranker_rows.json")
     # The questions the reranker stage fits on (it holds out the rest to measure), so a variant
     # here with a stage variant's features is that variant.
-    seed = cfg.seed + SEED_OFFSET[Stage.RERANKER]
+    seed = stage_seed(cfg.seed, Stage.RERANKER)
     fit_idx, _ = split_questions(rows, cfg.reranker.holdout_share, seed)
     rows = [rows[i] for i in fit_idx]
     out: list[dict[str, Any]] = []

@@ -11,7 +11,7 @@ import pytest
 from training.config import ConfigError, load_config
 
 
-@pytest.mark.parametrize("preset", ["smoke", "tiny", "tiny-wide"])
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "tiny-narrow"])
 def test_every_preset_resolves_and_builds_its_task(preset: str) -> None:
     from training.tasks import TaskConfig
 

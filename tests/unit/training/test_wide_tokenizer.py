@@ -21,7 +21,7 @@ def _pieces(tok, words) -> list[int]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def wide_tokenizer():  # type: ignore[no-untyped-def]
-    cfg = load_config(preset="tiny-wide")
+    cfg = load_config(preset="tiny")
     task = TaskConfig.from_dict(cfg.data.task)
     corpus = _corpus(generate_problems(task, 2000, seed=0))
     return build_tokenizer(corpus, vocab_size=cfg.model.vocab_size)
@@ -38,7 +38,7 @@ def test_an_unseen_name_becomes_a_few_subword_pieces(wide_tokenizer) -> None:  #
 
 
 def test_the_narrow_tiny_corpus_leaves_unseen_names_in_more_pieces(wide_tokenizer) -> None:  # type: ignore[no-untyped-def]
-    tiny = load_config(preset="tiny")
+    tiny = load_config(preset="tiny-narrow")
     corpus = _corpus(generate_problems(TaskConfig.from_dict(tiny.data.task), 2000, seed=0))
     narrow = build_tokenizer(corpus, vocab_size=tiny.model.vocab_size)
     wide = statistics.mean(_pieces(wide_tokenizer, HELDOUT_NAMES))
