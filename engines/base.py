@@ -170,8 +170,8 @@ class Scorer(Engine, Protocol):
         ...
 
 
-# STYLE.md names a step scorer and an outcome scorer; both read the same per-step-tag head, so
-# one protocol serves both and the names stay as aliases for readers of the paper.
+# The paper speaks of a step scorer (SORM) and an outcome scorer (ORM); both read the same
+# per-step-tag head, so one protocol serves both and the names stay as aliases for its readers.
 StepScorer = Scorer
 OutcomeScorer = Scorer
 

@@ -1,14 +1,14 @@
 """The `glore` command: serve, train, eval and bench.
 
-Each subcommand registers its own arguments from the package that owns it, imported lazily so
-`glore --help` stays fast and a base install works without the optional extras.
+Each subcommand registers its own arguments from the package that owns it. Those modules import
+only the standard library at their top (the heavy packages load inside `run()`), so
+`glore --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Sequence
 
 # subcommand -> (module with `add_arguments(parser)` and `run(args) -> int`, help text)
@@ -21,17 +21,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _not_yet(name: str) -> tuple[object, object]:
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("rest", nargs=argparse.REMAINDER)
-
-    def run(args: argparse.Namespace) -> int:
-        print(f"glore {name}: not yet implemented", file=sys.stderr)
-        return 2
-
-    return add_arguments, run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glore",
@@ -41,16 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}", required=True
     )
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-            add_arguments, run = module.add_arguments, module.run
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise
-            add_arguments, run = _not_yet(name)
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(_run=run)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
     return parser
 
 

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoints are missing (e.g. tiny)",
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, ... (default: INFO)")
+    parser.add_argument(
+        "--allow-stale-text-contract",
+        action="store_true",
+        help="serve a run trained under another text contract (prompt format) than this "
+        "code's; refused by default, since its models would answer badly without an error",
+    )
     parser.epilog = (
         "Every other setting comes from GLORE_* environment variables (see service/settings.py), "
         "e.g. GLORE_API_KEYS, GLORE_LIMITS__MAX_IN_FLIGHT, GLORE_POLICY__BACKEND=vllm."
@@ -81,6 +87,7 @@ def train(run_dir: Path, preset: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from engines.contract import check_text_contract
     from service.settings import Settings, check_env, read_serving_defaults
 
     overrides: dict[str, object] = {}
@@ -115,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         specs = settings.engine_specs()
         if run_dir is not None:
             read_serving_defaults(run_dir)  # a broken serving.json fails here, not at startup
+        runs = [run_dir] if run_dir is not None else []
+        runs += [Path(spec.path).parent for spec in specs.values()]
+        for warning in check_text_contract(runs, allow_stale=args.allow_stale_text_contract):
+            print(f"glore serve: warning: {warning}", file=sys.stderr)
     except ValueError as exc:
         print(f"glore serve: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ run counts its test evaluations, and a test evaluation sets the thresholds `glor
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -48,10 +49,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     parser.add_argument("--concurrency", type=int, default=32, help="questions in flight")
     parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument(
+        "--allow-stale-text-contract",
+        action="store_true",
+        help="evaluate a run trained under another text contract (prompt format) than this code's",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from engines.contract import StaleTextContract, check_text_contract
     from training.evaluation.evaluate import EvalOptions, Split, run_evaluation
+
+    try:
+        for warning in check_text_contract([args.run], allow_stale=args.allow_stale_text_contract):
+            print(f"glore eval: warning: {warning}", file=sys.stderr)
+    except StaleTextContract as exc:
+        print(f"glore eval: {exc}", file=sys.stderr)
+        return 2
 
     options = EvalOptions(
         run=args.run,

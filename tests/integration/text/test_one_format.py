@@ -1,4 +1,4 @@
-"""Training and serving render the same example into the same tokens (STYLE.md's contract test).
+"""Training and serving render the same example into the same tokens (the text contract's test).
 
 Each test takes one example through the training path (the trainer's tokenised example) and
 through the service path (the prompt the pipeline sends, tokenised by the real engine), and

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from engines.base import EngineSpec, Role, SamplingParams, ScoreRequest
+from engines.text import text_fingerprint
+from training.pipeline import stage_seed
 from training.rollouts import read_heldout, read_rollouts
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -48,6 +50,9 @@ def test_train_all_smoke_finishes_every_stage_and_records_it(smoke_run: Path) ->
     for name, entry in stages.items():
         assert entry["status"] == "done", name
         assert entry["seconds"] >= 0 and entry["seed"] >= 0 and entry["config_hash"]
+        # each stage's seed comes from its name; the text contract it was trained under is kept
+        assert entry["seed"] == stage_seed(m["seed"], name)
+        assert entry["text_fingerprint"] == text_fingerprint()
         assert entry["hashes"], name
     assert stages["data"]["counts"] == {"train": 48, "val": 8, "test": 16}
     assert 0 <= stages["policy"]["metrics"]["test"]["greedy_accuracy"] <= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,28 @@ def test_serve_refuses_a_broken_serving_file_naming_it(
     (tmp_path / "serving.json").write_text('{"sorm_threshold": "high"}')
     assert main(["serve", "--run", str(tmp_path), "--port", "0"]) == 2
     assert "serving.json" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_run_trained_under_another_text_contract(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = {"stages": {"policy": {"status": "done", "text_fingerprint": "0123456789abcdef"}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(stale))
+    assert main(["serve", "--run", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "policy (0123456789abcdef)" in err and "--allow-stale-text-contract" in err
+    # with the override it goes on, to the next check (here: no checkpoints)
+    argv = ["serve", "--run", str(tmp_path), "--port", "0", "--allow-stale-text-contract"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "warning" in err and "--train-if-missing" in err
+
+
+def test_eval_refuses_a_run_trained_under_another_text_contract(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = {"stages": {"orm": {"status": "done", "text_fingerprint": "0123456789abcdef"}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(stale))
+    assert main(["eval", "--run", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    assert "orm (0123456789abcdef)" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
