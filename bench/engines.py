@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from bench.service import relative_path
 from engines.base import Generator, SamplingParams, Scorer, ScoreRequest
 from engines.text import policy_prompt
+from training.tiny_models import TinyProblem, build_tiny_checkpoints, tiny_problems
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6  # scoring is measured on solutions of exactly this many steps
 console = Console(stderr=True)
 
@@ -71,16 +70,7 @@ async def _timed_pair(
     return Timed(spent[0], reps[0], units[0]), Timed(spent[1], reps[1], units[1])
 
 
-def _use_checkout() -> None:
-    # The tiny checkpoints and problems come from this checkout's test helpers.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
-
-def _problems(n: int, seed: int) -> list[Any]:
-    _use_checkout()
-    from tests.support.tiny_models import tiny_problems
-
+def _problems(n: int, seed: int) -> list[TinyProblem]:
     return tiny_problems(n, seed=seed)
 
 
@@ -202,9 +192,6 @@ def _cpu_name() -> str:
 def _checkpoints(args: argparse.Namespace) -> tuple[str, str, str]:
     if args.policy and args.scorer:
         return args.policy, args.scorer, "given"
-    _use_checkout()
-    from tests.support.tiny_models import build_tiny_checkpoints
-
     console.print("building (or reusing) the tiny test checkpoints ...")
     ckpt = build_tiny_checkpoints(verbose=False)
     return args.policy or str(ckpt.policy), args.scorer or str(ckpt.scorer), "tiny test models"

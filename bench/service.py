@@ -97,13 +97,8 @@ def resolve_run(run: Path | None) -> tuple[Path, str]:
     tiny = Path("runs/tiny")
     if _complete(tiny):
         return tiny.resolve(), "runs/tiny"
-    try:
-        from tests.support.tiny_models import build_tiny_checkpoints
-    except ImportError:
-        raise FileNotFoundError(
-            "runs/tiny is not complete and the tiny test checkpoints are unavailable "
-            "(not a checkout); pass --run"
-        ) from None
+    from training.tiny_models import build_tiny_checkpoints
+
     return build_tiny_checkpoints().run_dir, "tiny test checkpoints (runs/tiny not complete)"
 
 

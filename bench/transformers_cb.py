@@ -25,7 +25,7 @@ def main() -> None:
     from engines.base import SamplingParams
     from engines.hf import HFGenerator
     from engines.text import policy_prompt
-    from tests.support.tiny_models import build_tiny_checkpoints, tiny_problems
+    from training.tiny_models import build_tiny_checkpoints, tiny_problems
 
     torch.set_num_threads(1)
     path = str(build_tiny_checkpoints(verbose=False).policy)

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.support.tiny_models import _locked, cache_root
+from training.tiny_models import cache_root, locked
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where CI (and this project's workspace) keeps GSM8K; elsewhere GLORE_GSM8K_DIR points to it.
@@ -33,7 +33,7 @@ def build_standin_model(cache_dir: Path | None = None) -> Path:
     final = root / f"standin-{standin_key()}"
     if (final / "standin.json").exists():
         return final
-    with _locked(root / f"{final.name}.lock"):
+    with locked(root / f"{final.name}.lock"):
         if (final / "standin.json").exists():
             return final
         scratch = Path(tempfile.mkdtemp(prefix=f"{final.name}.build-", dir=root))

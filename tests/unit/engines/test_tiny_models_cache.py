@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import tiny_models
+from training import tiny_models
 
 
 def _fake_build(out: Path, *, verbose: bool) -> None:
