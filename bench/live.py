@@ -78,7 +78,7 @@ def spawn_serve(
     the benchmarks and the end-to-end tests); returns the process, its log file and its env.
 
     `env` is added to this process's environment. With `uvicorn_factory`, run
-    `uvicorn --factory service.app:create_app` instead (as a container might), with the run
+    `uvicorn --factory glore.app:create_app` instead (as a container might), with the run
     directory passed as GLORE_RUN_DIR. Output goes to a log file, so a full pipe never blocks it.
     """
     full_env = {
@@ -88,7 +88,7 @@ def spawn_serve(
         **(env or {}),
     }
     if uvicorn_factory:
-        command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app"]
+        command = [sys.executable, "-m", "uvicorn", "--factory", "glore.app:create_app"]
         if run_dir is not None:
             full_env["GLORE_RUN_DIR"] = str(run_dir)
     else:

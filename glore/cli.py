@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 # subcommand -> (module with `add_arguments(parser)` and `run(args) -> int`, help text)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("service.cli", "serve a trained run over HTTP (POST /solve)"),
+    "serve": ("glore.serve", "serve a trained run over HTTP (POST /solve)"),
     "train": ("training.cli", "train the five GLoRe checkpoints from synthetic or GSM8K data"),
     "eval": ("training.evaluation.cli", "evaluate a trained run and write the paper's tables"),
     "bench": ("bench.cli", "benchmarks: engines, service, load"),

@@ -1,5 +1,7 @@
-"""The app factory: settings, lifespan (engines loaded in the background), middleware, error
-handlers, routers, /metrics and graceful SIGTERM. No model is loaded at import time."""
+"""The service's app, built around the routes it is given: settings, lifespan (engines loaded in
+the background), middleware, error handlers, /metrics and graceful SIGTERM. No model is loaded at
+import time. Which routes it serves is the composition root's choice (glore/app.py's
+create_app), so this package never imports routers/, which import it."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -23,7 +25,6 @@ from starlette.exceptions import HTTPException
 
 from engines.base import EngineSpec, Role
 from engines.reranker import resolve_reranker
-from routers import debug, health, solve
 from service.errors import ErrorCode, ErrorDetail, ServiceError
 from service.faults import FaultInjector
 from service.logs import configure_logging
@@ -63,11 +64,12 @@ _HTTP_CODES = {
 }
 
 
-def create_app(settings: Settings | None = None, engines: ServedEngines | None = None) -> FastAPI:
-    """The glore app. `engines`, when given, are used as they are (and not closed by the app);
-    otherwise the roles in `settings` are loaded in the background after startup, and /ready
-    says 503 until they are."""
-    settings = settings or Settings()
+def build_app(
+    settings: Settings, engines: ServedEngines | None, routers: Sequence[APIRouter]
+) -> FastAPI:
+    """The glore app serving `routers` (in order, then /metrics). `engines`, when given, are
+    used as they are (and not closed by the app); otherwise the roles in `settings` are loaded
+    in the background after startup, and /ready says 503 until they are."""
     configure_logging(settings.log_level, settings.log_json)
     # A misspelt setting (GLORE_API_KEY for GLORE_API_KEYS) must not be ignored in silence.
     check_env()
@@ -138,10 +140,8 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     app.add_middleware(ApiKeyMiddleware, state=state)
     app.add_middleware(RequestContextMiddleware, state=state)
     _add_error_handlers(app, state)
-    app.include_router(solve.router)
-    app.include_router(health.router)
-    if settings.debug_faults:  # absent by default: a test checks that it answers 404
-        app.include_router(debug.router)
+    for router in routers:
+        app.include_router(router)
 
     @app.get(
         "/metrics",

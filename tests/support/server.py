@@ -105,7 +105,7 @@ def start_server(
     """Run `glore serve --run RUN_DIR --host 127.0.0.1 --port PORT` with `env` added to this
     process's environment, and wait until `wait` (default /ready) answers 200 (None: don't).
 
-    With `uvicorn_factory`, run `uvicorn --factory service.app:create_app` instead (as a
+    With `uvicorn_factory`, run `uvicorn --factory glore.app:create_app` instead (as a
     container might), with the run directory passed as GLORE_RUN_DIR.
 
     The server's output goes to a log file (`handle.logs()`), so a full pipe never blocks it.

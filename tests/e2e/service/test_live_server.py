@@ -405,7 +405,7 @@ def test_glore_serve_refuses_a_run_without_checkpoints(tmp_path: Path) -> None:
 def test_uvicorn_factory_serves_the_same_app_from_env(
     tiny_checkpoints: TinyCheckpoints, question: str
 ) -> None:
-    """The deploy image may run `uvicorn --factory service.app:create_app`: settings from env."""
+    """The deploy image may run `uvicorn --factory glore.app:create_app`: settings from env."""
     with (
         start_server(
             tiny_checkpoints.run_dir, env={"OMP_NUM_THREADS": "1"}, uvicorn_factory=True

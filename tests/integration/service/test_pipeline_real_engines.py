@@ -11,7 +11,7 @@ import pytest
 from engines.base import Role, ScoreRequest
 from engines.registry import EngineSet, load_engines
 from engines.text import extract_answer
-from service.app import create_app
+from glore.app import create_app
 from service.pipeline import (
     Action,
     CandidateKind,

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from engines.base import EngineError
-from service.app import create_app
+from glore.app import create_app
 from service.settings import SERVING_FILE, Defaults, Settings
 from tests.support.fakes import (
     RIGHT_GLOBAL,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from glore.cli import main
-from service.cli import missing_roles
+from glore.serve import missing_roles
 
 
 def test_missing_roles_lists_roles_without_a_checkpoint(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 from engines.base import MAX_SEED, InputError
+from glore.app import create_app
 from service.admission import Admission
-from service.app import create_app
 from service.metrics import Metrics
 from service.settings import Defaults, Limits, Settings, unknown_env
 from tests.support.fakes import WRONG_DRAFT, FakeEngineSet, FakeGenerator, constant, make_engines

@@ -133,7 +133,7 @@ def test_the_app_warns_counts_and_answers_the_same_and_a_failed_check_costs_noth
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from glore.app import create_app
     from service.settings import Settings
     from tests.support.fakes import make_engines
 

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from service.app import create_app
+    from glore.app import create_app
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = create_app(settings)
