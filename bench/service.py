@@ -139,20 +139,22 @@ def payload(strategy: str, question: str, i: int, max_new_tokens: int, seed: int
     return body
 
 
-def pipeline_config(body: dict[str, Any]) -> Any:
-    """The PipelineConfig the server builds for `body` under its default settings."""
-    from service.pipeline import PipelineConfig, RefineMode
-    from service.settings import Defaults
+def pipeline_config(body: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
+    """The strategy and PipelineConfig the server builds for `body`: the same function, over
+    the defaults and reranker it takes from the run (serving.json, reranker/default.json). Its
+    limits are raised to fit every body (bench_service's env), so none apply here."""
+    from engines.reranker import resolve_reranker
+    from service.schemas import SolveRequest
+    from service.settings import Settings, with_run_defaults
 
-    d = Defaults()
-    return PipelineConfig(
-        refine=RefineMode(body.get("refine", d.refine)),
-        orm_threshold=d.orm_threshold,
-        sorm_threshold=d.sorm_threshold,
-        max_new_tokens=body["max_new_tokens"],
-        sample_temperature=d.sample_temperature,
-        seed=body.get("seed"),
-        n=body.get("n", d.n),
+    settings, _ = with_run_defaults(Settings(run_dir=run_dir))
+    request = SolveRequest.model_validate(body)
+    return request.pipeline_config(
+        settings.defaults,
+        limits=None,
+        reranker=resolve_reranker(settings.defaults.reranker, run_dir),
+        n=request.n,
+        max_new_tokens=request.max_new_tokens,
     )
 
 
@@ -308,7 +310,8 @@ async def overhead(
                 solve_s, raw_s, calls = [], [], []
                 for body in items:
                     recorder = _Recorder(engines)
-                    await solve(body["question"], recorder, pipeline_config(body), body["strategy"])
+                    strategy_name, cfg = pipeline_config(body, run_dir)
+                    await solve(body["question"], recorder, cfg, strategy_name)
                     plan = phases(recorder.calls)
                     raw_s.append(await replay(engines, plan))
                     t = time.perf_counter()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import MAX_SEED, FinishReason
+from engines.reranker import Reranker
 from service.pipeline import (
     Action,
     CandidateKind,
@@ -21,7 +22,7 @@ from service.pipeline import (
     StrategyName,
 )
 from service.profile import QuestionWarning
-from service.settings import DefaultSource
+from service.settings import Defaults, DefaultSource, Limits, pipeline_config
 
 _SOLVE_EXAMPLE: dict[str, Any] = {
     "question": "Ann has 3 boxes of 12 pencils and gives away 5 pencils. How many are left?",
@@ -82,6 +83,33 @@ class Knobs(BaseModel):
     timeout_s: float | None = Field(
         default=None, gt=0, description="Time limit for this request, at most the server's limit."
     )
+
+    def pipeline_config(
+        self,
+        defaults: Defaults,
+        *,
+        limits: Limits | None,
+        reranker: Reranker,
+        n: int | None,
+        max_new_tokens: int | None,
+    ) -> tuple[StrategyName, PipelineConfig]:
+        """These knobs over the server's defaults (service.settings.pipeline_config); `n` and
+        `max_new_tokens` are named differently by /solve and the chat route, so they come
+        apart."""
+        return pipeline_config(
+            defaults,
+            limits=limits,
+            reranker=reranker,
+            strategy=self.strategy,
+            refine=self.refine,
+            orm_threshold=self.orm_threshold,
+            sorm_threshold=self.sorm_threshold,
+            local_when_unflagged=self.local_when_unflagged,
+            temperature=self.temperature,
+            seed=self.seed,
+            n=n,
+            max_new_tokens=max_new_tokens,
+        )
 
 
 class SolveRequest(Knobs):

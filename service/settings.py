@@ -23,7 +23,8 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engines.base import Backend, EngineSpec, Role
-from service.pipeline import LocalWhenUnflagged, RefineMode, StrategyName
+from engines.reranker import ORM_RERANKER, Reranker
+from service.pipeline import LocalWhenUnflagged, PipelineConfig, RefineMode, StrategyName
 
 
 class RoleSettings(BaseModel):
@@ -95,6 +96,46 @@ class Defaults(BaseModel):
     sample_temperature: float = Field(
         default=0.7, ge=0, description="best_of_n's and self_consistency's default temperature."
     )
+
+
+def pipeline_config(
+    defaults: Defaults,
+    *,
+    limits: Limits | None = None,
+    reranker: Reranker = ORM_RERANKER,
+    strategy: StrategyName | None = None,
+    refine: RefineMode | None = None,
+    orm_threshold: float | None = None,
+    sorm_threshold: float | None = None,
+    local_when_unflagged: LocalWhenUnflagged | None = None,
+    temperature: float | None = None,
+    seed: int | None = None,
+    n: int | None = None,
+    max_new_tokens: int | None = None,
+) -> tuple[StrategyName, PipelineConfig]:
+    """A request's knobs (None: not said) over the server's defaults, within its limits (None:
+    none, as offline evaluation has): the one place a strategy's configuration is built, for
+    /solve and the chat route (service.schemas.Knobs.pipeline_config), `glore eval` and the
+    service benchmark's in-process replay alike."""
+    tokens, samples = max_new_tokens or defaults.max_new_tokens, n or defaults.n
+    if limits is not None:
+        tokens, samples = min(tokens, limits.max_new_tokens), min(samples, limits.max_n)
+    return strategy or defaults.strategy, PipelineConfig(
+        refine=refine or defaults.refine,
+        orm_threshold=_first(orm_threshold, defaults.orm_threshold),
+        sorm_threshold=_first(sorm_threshold, defaults.sorm_threshold),
+        local_when_unflagged=local_when_unflagged or defaults.local_when_unflagged,
+        max_new_tokens=tokens,
+        temperature=temperature,
+        sample_temperature=defaults.sample_temperature,
+        seed=seed,
+        n=samples,
+        reranker=reranker,
+    )
+
+
+def _first(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class Settings(BaseSettings):

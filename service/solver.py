@@ -57,18 +57,12 @@ class Solver:
             raise field_error(tokens_loc, f"must be at most {limits.max_new_tokens}")
         if n is not None and n > limits.max_n:
             raise field_error(n_loc, f"must be at most {limits.max_n}")
-        strategy = knobs.strategy or defaults.strategy
-        return strategy, PipelineConfig(
-            refine=knobs.refine or defaults.refine,
-            orm_threshold=_first(knobs.orm_threshold, defaults.orm_threshold),
-            sorm_threshold=_first(knobs.sorm_threshold, defaults.sorm_threshold),
-            local_when_unflagged=knobs.local_when_unflagged or defaults.local_when_unflagged,
-            max_new_tokens=min(max_new_tokens or defaults.max_new_tokens, limits.max_new_tokens),
-            temperature=knobs.temperature,
-            sample_temperature=defaults.sample_temperature,
-            seed=knobs.seed,
-            n=min(n or defaults.n, limits.max_n),
+        return knobs.pipeline_config(
+            defaults,
+            limits=limits,
             reranker=self.state.reranker,
+            n=n,
+            max_new_tokens=max_new_tokens,
         )
 
     async def run(
@@ -203,10 +197,6 @@ class Solver:
             f"a model failed while solving{f' ({exc.role})' if exc.role else ''}; "
             f"see the server logs for request {request_id}",
         )
-
-
-def _first(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 async def _wait_for_disconnect(is_disconnected: IsDisconnected) -> None:

@@ -27,7 +27,7 @@ import yaml
 from engines.base import Backend, Generator, Role, SamplingParams
 from engines.reranker import default_reranker, run_rerankers
 from service.pipeline.types import Engines, PipelineConfig
-from service.settings import SERVING_FILE, ServingDefaults
+from service.settings import SERVING_FILE, Defaults, ServingDefaults, pipeline_config
 from training.evaluation.report import build_report, gate_threshold, sorm_threshold, write_report
 from training.evaluation.runner import METHODS, QuestionRecord, evaluate, greedy_correct
 from training.rollouts import count_successes, prefix_prompt
@@ -297,8 +297,8 @@ async def evaluate_run(
     # The strategies rank with the run's chosen reranker, as `glore serve` does; the paper's
     # ORM ranks the `_orm` rows beside them.
     default = default_reranker(options.run)
-    base = PipelineConfig(
-        max_new_tokens=options.max_new_tokens, seed=options.seed, reranker=default
+    _, base = pipeline_config(
+        Defaults(), max_new_tokens=options.max_new_tokens, seed=options.seed, reranker=default
     )
     started = time.perf_counter()
 
