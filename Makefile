@@ -53,10 +53,12 @@ train: venv
 test: venv sysdeps lint
 	$(BIN)/python -m pytest tests
 
+# lint-imports checks the README's import rules (the contracts in pyproject.toml).
 lint: venv
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
