@@ -3,19 +3,15 @@ engine."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from engines.base import Role
+from routers.deps import StateDep
 from service.errors import ErrorCode, ServiceError
 from service.faults import FaultInjector
 from service.schemas import Killed
-from service.state import ServiceState, get_state
 
 router = APIRouter(tags=["debug"], include_in_schema=False)
-
-StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
 @router.post("/debug/engines/{role}/kill", response_model=Killed)

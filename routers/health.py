@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from routers.deps import StateDep
 from service.errors import ErrorCode, ServiceError, responses
 from service.schemas import Health, Ready, RoleStatus, ThresholdDefault
-from service.state import ServiceState, get_state
 
 router = APIRouter(tags=["probes"])
-
-StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
 @router.get("/health", response_model=Health, summary="Liveness: the process answers")

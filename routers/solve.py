@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from engines.base import FinishReason
+from routers.deps import SolverDep, StateDep
 from service.errors import ErrorCode, field_error, responses
+from service.logs import request_id_var
+from service.pipeline import PipelineConfig
 from service.schemas import (
     ChatChoice,
     ChatChoiceMessage,
@@ -26,12 +29,10 @@ from service.schemas import (
     SolveRequest,
     SolveResponse,
 )
-from service.solver import Solver
-from service.state import ServiceState, get_state
+from service.solver import Solved
+from service.state import ServiceState
 
 router = APIRouter()
-
-StateDep = Annotated[ServiceState, Depends(get_state)]
 
 _ERRORS = responses(
     ErrorCode.BAD_REQUEST,  # a body that is not JSON (or not UTF-8)
@@ -55,10 +56,9 @@ _ERRORS = responses(
     tags=["solve"],
     summary="Solve a math word problem with GLoRe (or a baseline strategy)",
 )
-async def solve(body: SolveRequest, request: Request, state: StateDep) -> SolveResponse:
+async def solve(body: SolveRequest, request: Request, solver: SolverDep) -> SolveResponse:
     """Draft, score with the ORM and SORM, decide, refine globally and locally at once, and let
     the ORM rerank: the answer comes with every candidate's score, the decision and timings."""
-    solver = Solver(state)
     question = solver.check_question(body.question, ["body", "question"])
     strategy, cfg = solver.config(
         body,
@@ -67,14 +67,26 @@ async def solve(body: SolveRequest, request: Request, state: StateDep) -> SolveR
         n_loc=["body", "n"],
         tokens_loc=["body", "max_new_tokens"],
     )
-    return await solver.run(
+    solved = await solver.run(
         question,
         strategy,
         cfg,
-        include_trace=body.include_trace,
         timeout_s=body.timeout_s,
         is_disconnected=request.is_disconnected,
         admitted_at=getattr(request.state, "admitted_at", None),
+    )
+    return _solve_response(solved, cfg, include_trace=body.include_trace)
+
+
+def _solve_response(solved: Solved, cfg: PipelineConfig, *, include_trace: bool) -> SolveResponse:
+    """/solve's reply, which the chat reply carries whole as `glore`."""
+    return SolveResponse.from_solution(
+        solved.solution,
+        cfg,
+        request_id=request_id_var.get(),
+        include_trace=include_trace,
+        total_s=solved.seconds,
+        warnings=solved.warnings,
     )
 
 
@@ -95,7 +107,7 @@ _STREAM: dict[int | str, dict[str, Any]] = {
     summary="OpenAI-compatible chat completion (the last user message is the question)",
 )
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, state: StateDep
+    body: ChatCompletionRequest, request: Request, state: StateDep, solver: SolverDep
 ) -> ChatCompletionResponse | StreamingResponse:
     """The strategy and knobs come as extra fields (`extra_body` in the openai client):
     strategy, refine, orm_threshold, sorm_threshold, num_samples, seed, include_trace,
@@ -110,7 +122,6 @@ async def chat_completions(
     users = [i for i, m in enumerate(body.messages) if m.role == "user"]
     if not users:
         raise field_error(["body", "messages"], "needs at least one user message")
-    solver = Solver(state)
     question_loc: list[str | int] = ["body", "messages", users[-1], "content"]
     question = solver.check_question(body.messages[users[-1]].text(), question_loc)
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -122,22 +133,19 @@ async def chat_completions(
         n_loc=["body", "num_samples"],
         tokens_loc=["body", tokens_field],
     )
-    result = await solver.run(
+    solved = await solver.run(
         question,
         strategy,
         cfg,
-        include_trace=body.include_trace,
         timeout_s=body.timeout_s,
         is_disconnected=request.is_disconnected,
         admitted_at=getattr(request.state, "admitted_at", None),
         question_loc=question_loc,
     )
-    winner = next(c for c in result.candidates if c.label == result.winner)
-    usage = ChatUsage(
-        prompt_tokens=0,
-        completion_tokens=result.usage.completion_tokens,
-        total_tokens=result.usage.completion_tokens,
-    )
+    winner = solved.solution.winner.candidate
+    result = _solve_response(solved, cfg, include_trace=body.include_trace)
+    tokens = solved.solution.total_tokens
+    usage = ChatUsage(prompt_tokens=0, completion_tokens=tokens, total_tokens=tokens)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         events = stream_events(
@@ -156,7 +164,7 @@ async def chat_completions(
         choices=[
             ChatChoice(
                 index=0,
-                message=ChatChoiceMessage(content=result.solution),
+                message=ChatChoiceMessage(content=winner.text),
                 finish_reason=winner.finish_reason,
             )
         ],

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from engines.base import EngineError, Generator, InputError
 from engines.text import TextContractError, clean_question
@@ -15,7 +16,7 @@ from service.errors import ErrorCode, ServiceError, field_error
 from service.logs import request_id_var
 from service.pipeline import Engines, PipelineConfig, Solution, StrategyName, solve
 from service.profile import QuestionWarning, check, read_questions
-from service.schemas import Knobs, SolveResponse
+from service.schemas import Knobs
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,16 @@ IsDisconnected = Callable[[], Awaitable[bool]]
 _DISCONNECT_POLL_S = 0.1
 
 
+@dataclass(frozen=True)
+class Solved:
+    """What a solve gives a route: the pipeline's Solution, the question's warnings (from the
+    run's profile) and the solve's wall time in seconds."""
+
+    solution: Solution
+    warnings: list[QuestionWarning]
+    seconds: float
+
+
 class Solver:
     """Runs one solve for a route, within the server's limits."""
 
@@ -33,14 +44,15 @@ class Solver:
         self.state = state
 
     def check_question(self, question: str, loc: Loc) -> str:
+        """The question as every model will see it (engines.text.clean_question), or a 422 at
+        `loc`; the solve takes this cleaned text, so the question is cleaned once, here."""
         limit = self.state.settings.limits.max_question_chars
         if len(question) > limit:
             raise field_error(loc, f"question is {len(question)} characters; the limit is {limit}")
         try:
-            clean_question(question)
+            return clean_question(question)
         except TextContractError as exc:
             raise field_error(loc, str(exc)) from None
-        return question
 
     def config(
         self,
@@ -71,15 +83,15 @@ class Solver:
         strategy: StrategyName,
         cfg: PipelineConfig,
         *,
-        include_trace: bool,
         timeout_s: float | None,
         is_disconnected: IsDisconnected,
         question_loc: Loc | None = None,
         admitted_at: float | None = None,
-    ) -> SolveResponse:
-        """Solve, or raise: 503 not ready, 504 past the time limit, 499 when the client left
-        (the work is cancelled), 422 naming the field when a model cannot take the request's
-        input, 500 when a model (or our code) fails, 503 when a model died."""
+    ) -> Solved:
+        """Solve `question` (as check_question returned it), or raise: 503 not ready, 504 past
+        the time limit, 499 when the client left (the work is cancelled), 422 naming the field
+        when a model cannot take the request's input, 500 when a model (or our code) fails, 503
+        when a model died. Each route renders the result as its own wire model."""
         engines = self.state.check_ready(admitted=True)
         limit = min(self.state.settings.limits.request_timeout_s, timeout_s or math.inf)
         left = limit
@@ -141,14 +153,7 @@ class Solver:
                 "duration_ms": round(total * 1000, 1),
             },
         )
-        return SolveResponse.from_solution(
-            solution,
-            cfg,
-            request_id=request_id_var.get(),
-            include_trace=include_trace,
-            total_s=total,
-            warnings=warnings,
-        )
+        return Solved(solution, warnings, total)
 
     async def _solve_and_check(
         self, question: str, engines: Engines, cfg: PipelineConfig, strategy: StrategyName
