@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training import pipeline
+from training import graph, pipeline
 from training.config import RECIPES_DIR, load_config
 
 INPUT_HASHES = {
@@ -59,9 +59,9 @@ RECIPE_HASHES = {
 STAGE_NAMES = ("data", "policy", "rollouts", "orm", "sorm", "refiners", "reranker", "profile")
 
 
-def _fake_manifest() -> pipeline.Manifest:
+def _fake_manifest() -> graph.Manifest:
     stages = {s: {"status": "done", "hashes": {s: f"hash-of-{s}"}} for s in STAGE_NAMES}
-    return pipeline.Manifest(Path("/nonexistent/manifest.json"), {"stages": stages})
+    return graph.Manifest(Path("/nonexistent/manifest.json"), {"stages": stages})
 
 
 @pytest.mark.parametrize("preset", sorted(INPUT_HASHES))
@@ -70,12 +70,9 @@ def test_inputs_hashes_are_those_of_the_code_before_the_graph(
 ) -> None:
     # The text contract's fingerprint is part of every hash; fixed here so that a deliberate
     # change of the contract (which does make runs stale) does not read as a change of the graph.
-    import sys
-
-    module = sys.modules[pipeline._inputs_hash.__module__]
-    monkeypatch.setattr(module, "text_fingerprint", lambda: "fixed-text-fingerprint")
+    monkeypatch.setattr(graph, "text_fingerprint", lambda: "fixed-text-fingerprint")
     cfg, manifest = load_config(preset=preset), _fake_manifest()
-    got = {s: pipeline._inputs_hash(cfg, manifest, s) for s in STAGE_NAMES}
+    got = {s: graph.inputs_hash(pipeline.GRAPH, cfg, manifest, s) for s in STAGE_NAMES}
     assert got == INPUT_HASHES[preset]
 
 

@@ -13,10 +13,10 @@ from training.config import ModelConfig, OrmConfig, RunConfig, SormConfig, Train
 from training.data import IGNORE, collate_reward, reward_example, reward_loss, sft_example
 from training.modeling import base_tokenizer, load_reward_model, new_policy, save_checkpoint
 from training.pairs import global_pairs, local_pairs
-from training.pipeline import _corpus
 from training.policy import fit_sft, policy_examples
 from training.refiners import refine_examples
 from training.reward import fit_reward, reward_examples
+from training.stages.data import _corpus
 from training.tasks import TaskConfig, generate_problems
 from training.vstar import DraftRollout, orm_examples, sorm_examples
 
