@@ -112,6 +112,8 @@ class Graph:
 
     def __init__(self, specs: Sequence[StageSpec]) -> None:
         self.specs = tuple(specs)
+        if not self.specs or self.specs[0].upstream:
+            raise ValueError("the first stage is the root: it must have no upstream")
         self.by_name: dict[str, StageSpec] = {}
         for spec in self.specs:
             if spec.name in self.by_name:
@@ -120,8 +122,6 @@ class Graph:
             if unknown:
                 raise ValueError(f"stage {spec.name!r}: upstream {unknown} not declared before it")
             self.by_name[spec.name] = spec
-        if not self.specs or self.specs[0].upstream:
-            raise ValueError("the first stage is the root: it must have no upstream")
 
     @property
     def root(self) -> StageSpec:

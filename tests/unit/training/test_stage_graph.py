@@ -86,3 +86,86 @@ def test_every_resolved_recipe_is_what_it_was(preset: str) -> None:
         cfg = load_config(preset=preset)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == RECIPE_HASHES[preset]
+
+
+# ------------------------------------------------------------------ the graph itself
+
+
+def test_the_shipped_graph_is_declared_once_and_read_by_the_cli() -> None:
+    from training import cli, stages
+
+    names = [s.name for s in pipeline.STAGES]
+    assert names == list(stages.NAMES)
+    assert pipeline.GRAPH.root.name == "data" and not pipeline.GRAPH.root.upstream
+    # the command line offers every stage but the root, which every run starts with
+    assert cli.CHOICES == ("all", *names[1:])
+    seeds = {pipeline.stage_seed(0, n) for n in names}
+    assert len(seeds) == len(names)
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (lambda s: (*s, s[1]), "declared twice"),
+        (lambda s: (s[0], s[2], s[1]), "not declared before"),
+        (lambda s: s[1:], "root"),
+    ],
+)
+def test_a_graph_that_cannot_run_is_refused(specs, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        graph.Graph(specs(pipeline.STAGES))
+
+
+def test_a_new_stage_is_one_spec_and_one_function(tmp_path: Path) -> None:
+    """A throwaway stage, declared beside the shipped ones and nowhere else: the runner runs it
+    with a seed of its own, skips it when done, and reruns it when its inputs or outputs change."""
+    seeds: list[int] = []
+
+    def stage_extra(run: graph.Run, seed: int) -> graph.Report:
+        seeds.append(seed)
+        out = run.out / "extra" / "out.txt"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(f"{run.cfg.policy.lr} {len(run.problems('train'))}\n")
+        return {"counts": {"questions": len(run.problems("train"))}, "hashes": {"extra": "x"}}
+
+    extra = graph.StageSpec(
+        name="extra",
+        sections=("policy",),
+        upstream=("data",),
+        outputs=("extra/out.txt",),
+        run=stage_extra,
+        summary=lambda entry: {"extra_questions": graph.dig(entry, "counts", "questions")},
+    )
+    specs = (*pipeline.STAGES, extra)
+    cfg = load_config(preset="smoke")
+    m = pipeline.run_stages(cfg, tmp_path, ["extra"], specs=specs)
+
+    own = pipeline.stage_seed(cfg.seed, "extra")
+    assert seeds == [own]
+    assert own not in {pipeline.stage_seed(cfg.seed, s.name) for s in pipeline.STAGES}
+    entry = m.data["stages"]["extra"]
+    assert entry["status"] == "done" and entry["seed"] == own
+    assert list(m.data["stages"]) == ["data", "extra"]  # only the root and the stage named
+    assert m.data["summary"]["extra_questions"] == 48
+    assert (tmp_path / "extra" / "out.txt").read_text() == f"{cfg.policy.lr} 48\n"
+
+    # done: a rerun skips it; a change in a section it does not read leaves it done
+    pipeline.run_stages(cfg, tmp_path, ["extra"], specs=specs)
+    other = load_config(preset="smoke", overrides=["orm.lr=0.5"])
+    pipeline.run_stages(other, tmp_path, ["extra"], specs=specs)
+    assert seeds == [own]
+    # its outputs gone, or its own section changed: it runs again
+    (tmp_path / "extra" / "out.txt").unlink()
+    pipeline.run_stages(cfg, tmp_path, ["extra"], specs=specs)
+    assert len(seeds) == 2
+    changed = load_config(preset="smoke", overrides=["policy.lr=0.5"])
+    pipeline.run_stages(changed, tmp_path, ["extra"], specs=specs)
+    assert seeds == [own] * 3
+    assert (tmp_path / "extra" / "out.txt").read_text() == "0.5 48\n"
+
+    # and nothing else moved: the shipped stages hash as they did without it
+    manifest = _fake_manifest()
+    for s in STAGE_NAMES:
+        assert graph.inputs_hash(graph.Graph(specs), cfg, manifest, s) == graph.inputs_hash(
+            pipeline.GRAPH, cfg, manifest, s
+        )
