@@ -98,7 +98,7 @@ def test_the_shipped_graph_is_declared_once_and_read_by_the_cli() -> None:
     assert names == list(stages.NAMES)
     assert pipeline.GRAPH.root.name == "data" and not pipeline.GRAPH.root.upstream
     # the command line offers every stage but the root, which every run starts with
-    assert cli.CHOICES == ("all", *names[1:])
+    assert ("all", *names[1:]) == cli.CHOICES
     seeds = {pipeline.stage_seed(0, n) for n in names}
     assert len(seeds) == len(names)
 
