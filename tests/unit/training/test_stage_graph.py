@@ -169,3 +169,27 @@ def test_a_new_stage_is_one_spec_and_one_function(tmp_path: Path) -> None:
         assert graph.inputs_hash(graph.Graph(specs), cfg, manifest, s) == graph.inputs_hash(
             pipeline.GRAPH, cfg, manifest, s
         )
+
+
+def test_the_summary_has_the_headline_figures_it_had() -> None:
+    keys = {
+        "policy_greedy_accuracy", "rollout_draft_accuracy", "vstar_vs_exact_disagreement",
+        "vstar_vs_exact_disagreement_no_consistency", "orm_outcome_auc", "orm_step_auc",
+        "sorm_outcome_auc", "sorm_step_auc", "refine_global_fix_rate", "refine_global_keep_rate",
+        "refine_local_fix_rate", "refine_local_keep_rate", "reranker_default",
+        "profile_thresholds", "reranker_heldout_pairwise",
+    }  # fmt: skip
+    empty = graph.summary(pipeline.GRAPH, {})
+    assert set(empty) == keys
+    assert empty["reranker_heldout_pairwise"] == {}
+    assert all(v is None for k, v in empty.items() if k != "reranker_heldout_pairwise")
+    stages = {
+        "policy": {"metrics": {"test": {"greedy_accuracy": 0.5}}},
+        "sorm": {"metrics": {"heldout": {"step_auc": 0.7}}},
+        "refiners": {"metrics": {"refine_local": {"heldout": {"keep_rate": 0.9}}}},
+        "reranker": {"metrics": {"heldout_pairwise": {"lp_kind": {"pairwise": 0.6, "n": 3}}}},
+    }
+    got = graph.summary(pipeline.GRAPH, stages)
+    assert got["policy_greedy_accuracy"] == 0.5 and got["sorm_step_auc"] == 0.7
+    assert got["refine_local_keep_rate"] == 0.9 and got["refine_global_keep_rate"] is None
+    assert got["reranker_heldout_pairwise"] == {"lp_kind": 0.6}
