@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 # subcommand -> (module with `add_arguments(parser)` and `run(args) -> int`, help text)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command",
         metavar="{" + ",".join(SUBCOMMANDS) + "}",
         required=True,
-        parser_class=_subcommand_parser,
+        parser_class=cast(type[argparse.ArgumentParser], _subcommand_parser),  # called like one
     )
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

@@ -18,7 +18,7 @@ def stage_sorm(run: Run, seed: int) -> Report:
     cfg = run.cfg.sorm
     run.require(Role.POLICY)
     rollouts = _reward.rollouts(run)
-    kw = {"seed": seed, "soft": cfg.soft_labels, "propagate": cfg.propagate}
+    kw: dict[str, Any] = {"seed": seed, "soft": cfg.soft_labels, "propagate": cfg.propagate}
     rows = sorm_examples(rollouts, balance=cfg.balance, consistency=cfg.consistency_check, **kw)
     balanced = cfg.balance
     if not rows and cfg.balance:
