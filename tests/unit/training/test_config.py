@@ -164,3 +164,14 @@ def test_an_option_of_the_other_reward_model_is_refused_naming_where_it_goes(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(preset="smoke", overrides=[override])
+
+
+def test_glore_train_takes_overrides_after_its_options_too() -> None:
+    from glore.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "all", "rollouts.k=2", "--out", "r", "seed=1", "--force"])
+    assert (args.stage, str(args.out), args.force) == ("all", "r", True)
+    assert args.overrides == ["rollouts.k=2", "seed=1"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "all", "--out", "r", "stray"])  # not key=value: refused
