@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Sequence
+from typing import Any, cast
 
 # subcommand -> (module with `add_arguments(parser)` and `run(args) -> int`, help text)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -21,17 +22,31 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _subcommand_parser(
+    *, parser_class: type[argparse.ArgumentParser], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """argparse's factory for subcommand parsers (`parser_class` of add_subparsers), which takes
+    the class that `add_parser` names."""
+    return parser_class(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glore",
         description="GLoRe: global and local refinements of LLM reasoning, served and trained.",
     )
     sub = parser.add_subparsers(
-        dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}", required=True
+        dest="command",
+        metavar="{" + ",".join(SUBCOMMANDS) + "}",
+        required=True,
+        parser_class=cast(type[argparse.ArgumentParser], _subcommand_parser),  # called like one
     )
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # A subcommand whose parser needs more than argparse's (`glore train` takes overrides
+        # after its options) names its parser class as PARSER_CLASS.
+        parser_class = getattr(module, "PARSER_CLASS", argparse.ArgumentParser)
+        p = sub.add_parser(name, help=help_text, description=help_text, parser_class=parser_class)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

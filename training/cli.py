@@ -1,20 +1,25 @@
 """`glore train all|policy|rollouts|orm|sorm|refiners|reranker|profile`: the pipeline, or one
-stage.
+stage (the names are training.stages.NAMES, less the data stage that every run starts with).
 
-Only stdlib at the top: torch and transformers load inside `run()`, so `glore --help` is fast.
+Only stdlib and the stage names at the top: torch and transformers load inside `run()`, so
+`glore --help` is fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-STAGES = ("all", "policy", "rollouts", "orm", "sorm", "refiners", "reranker", "profile")
+from training.stages import NAMES
+
+ROOT, *RUNNABLE = NAMES  # the root (data) runs first in every run; the others are named
+CHOICES = ("all", *RUNNABLE)
 
 
-class _TrainParser(argparse.ArgumentParser):
+class TrainParser(argparse.ArgumentParser):
     """Takes `key=value` overrides after the options too (`train all --out X seed=1`).
 
     argparse fills a `*` positional from the first run of positionals only (the stage), so
@@ -30,13 +35,15 @@ class _TrainParser(argparse.ArgumentParser):
         return namespace, extras
 
 
+PARSER_CLASS = TrainParser  # `glore` builds the train subcommand's parser with it
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.__class__ = _TrainParser
     parser.add_argument(
         "stage",
-        choices=STAGES,
-        help="all: policy -> rollouts -> orm -> sorm -> refiners -> reranker -> profile; or one "
-        "stage (profile also runs alone on a finished run: `glore train profile --out RUN`)",
+        choices=CHOICES,
+        help=f"all: {' -> '.join(RUNNABLE)}; or one stage (profile also runs alone on a "
+        "finished run: `glore train profile --out RUN`)",
     )
     src = parser.add_mutually_exclusive_group()
     src.add_argument(
@@ -60,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config import ConfigError, load_config
+    from training.config import ConfigError, load_config  # yaml: not needed for --help
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     recipe = args.recipe
@@ -78,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if cfg.name == "run":
         cfg.name = out.name
 
-    from training.pipeline import ALL_STAGES, Stage, run_stages
+    from training.pipeline import run_stages
 
-    stages = list(ALL_STAGES) if args.stage == "all" else [Stage(args.stage)]
+    stages = RUNNABLE if args.stage == "all" else [args.stage]
     try:
         manifest = run_stages(cfg, out, stages, force=args.force)
     except (FileNotFoundError, ValueError) as exc:
@@ -92,6 +99,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _is_main() -> bool:
-    import os
-
     return os.environ.get("RANK", "0") == "0"

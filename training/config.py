@@ -58,17 +58,24 @@ class ModelConfig:
         default=None, metadata={"help": "HF causal LM path to fine-tune; None = from scratch"}
     )
     vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary (from scratch)"})
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 512
+    hidden_size: int = field(default=128, metadata={"help": "width of each layer (from scratch)"})
+    num_layers: int = field(default=4, metadata={"help": "transformer layers (from scratch)"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads per layer (from scratch)"})
+    intermediate_size: int = field(
+        default=512, metadata={"help": "width of the MLP inside each layer (from scratch)"}
+    )
+    max_position_embeddings: int = field(
+        default=512, metadata={"help": "longest sequence in tokens (from scratch)"}
+    )
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged on save)"})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    gradient_checkpointing: bool = False
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of each adapted matrix"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA inputs"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in the backward pass: less memory, more time"},
+    )
 
 
 @dataclass
@@ -78,14 +85,20 @@ class TrainConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps"})
     batch_size: int = field(default=32, metadata={"help": "examples per step per process"})
-    grad_accum: int = 1
-    lr: float = 1e-3
+    grad_accum: int = field(
+        default=1, metadata={"help": "steps whose gradients add up before one optimizer update"}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decay floor, x lr"})
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    warmup_steps: int = field(
+        default=20, metadata={"help": "updates of linear warmup before the cosine decay"}
+    )
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay (not on biases and norms)"}
+    )
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip; 0 = off"})
     max_length: int = field(default=512, metadata={"help": "tokens; longer examples are dropped"})
-    log_every: int = 10
+    log_every: int = field(default=10, metadata={"help": "log the loss every this many updates"})
     init: str = field(
         default="policy",
         metadata={"help": "policy: start from the trained policy; base: from model.base/scratch"},
@@ -94,9 +107,14 @@ class TrainConfig:
 
 @dataclass
 class PolicyConfig(TrainConfig):
-    init: str = "base"
+    init: str = field(
+        default="base",
+        metadata={"help": "not read: the policy starts from model.base, or from scratch"},
+    )
     eval_questions: int = field(default=200, metadata={"help": "test questions for greedy acc"})
-    max_new_tokens: int = 160
+    max_new_tokens: int = field(
+        default=160, metadata={"help": "tokens per greedy answer in the test evaluation"}
+    )
 
 
 @dataclass
@@ -104,9 +122,11 @@ class ExpertIterationConfig:
     rounds: int = field(default=0, metadata={"help": "0 = off; each round samples and re-fits"})
     samples: int = field(default=4, metadata={"help": "samples per training question"})
     questions: int | None = field(default=None, metadata={"help": "None = all training questions"})
-    temperature: float = 1.0
-    epochs: float = 1.0
-    lr: float = 3e-4
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    epochs: float = field(
+        default=1.0, metadata={"help": "passes over references + kept samples, per round"}
+    )
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate of each round's fit"})
 
 
 @dataclass
@@ -114,33 +134,72 @@ class RolloutConfig:
     questions: int | None = field(default=None, metadata={"help": "training questions; None=all"})
     drafts: int = field(default=4, metadata={"help": "drafts per question (temperature below)"})
     k: int = field(default=8, metadata={"help": "continuations per step prefix (V*)"})
-    temperature: float = 1.0
-    max_new_tokens: int = 160
+    temperature: float = field(
+        default=1.0, metadata={"help": "sampling temperature of drafts and continuations"}
+    )
+    max_new_tokens: int = field(default=160, metadata={"help": "tokens per draft or continuation"})
     max_steps: int = field(default=12, metadata={"help": "drafts with more steps are truncated"})
     shard_questions: int = field(default=32, metadata={"help": "questions per JSONL shard"})
     heldout_questions: int = field(
         default=200, metadata={"help": "test questions drafted for reward-model evaluation"}
     )
-    heldout_drafts: int = 2
+    heldout_drafts: int = field(default=2, metadata={"help": "drafts per held-out question"})
     backend: str = field(default="hf", metadata={"help": "engine backend: hf | vllm"})
-    max_batch_size: int = 256
+    max_batch_size: int = field(
+        default=256, metadata={"help": "sequences the engine generates at once"}
+    )
+
+
+def _other_models(default: Any, owner: str) -> Any:
+    """A field of the other reward model's config, kept in this one so that every recipe and
+    every run's recorded recipe (and the inputs hashes made from it) reads as it did when one
+    config served both; `check` refuses a value other than the default."""
+    return field(
+        default=default,
+        metadata={"help": f"not read here: {owner}'s option, set it there", "unused": owner},
+    )
 
 
 @dataclass
-class RewardConfig(TrainConfig):
+class OrmConfig(TrainConfig):
+    """The outcome reward model: a token classifier trained on each draft's final correctness."""
+
     extra_questions: int = field(
         default=0,
-        metadata={"help": "ORM: more training questions drafted for outcome labels only"},
+        metadata={
+            "help": "more training questions, beyond the rollouts', drafted for outcome labels "
+            "only (data/orm_extra.jsonl; the refiners and reranker also learn from them)"
+        },
     )
-    extra_drafts: int = field(default=4, metadata={"help": "ORM: drafts per extra question"})
-    soft_labels: bool = field(default=False, metadata={"help": "SORM: train on success fraction"})
-    propagate: bool = field(default=True, metadata={"help": "SORM: positive makes earlier pos."})
-    balance: bool = field(default=True, metadata={"help": "SORM: balance labels per step index"})
+    extra_drafts: int = field(default=4, metadata={"help": "drafts per extra question"})
+    soft_labels: bool = _other_models(False, "sorm")
+    propagate: bool = _other_models(True, "sorm")
+    balance: bool = _other_models(True, "sorm")
+    consistency_check: bool = _other_models(True, "sorm")
+
+
+@dataclass
+class SormConfig(TrainConfig):
+    """The stepwise ORM: a token classifier trained on V* labels of each step prefix."""
+
+    extra_questions: int = _other_models(0, "orm")
+    extra_drafts: int = _other_models(4, "orm")
+    soft_labels: bool = field(
+        default=False,
+        metadata={"help": "train on each prefix's success fraction instead of 0/1 V* labels"},
+    )
+    propagate: bool = field(
+        default=True, metadata={"help": "a positive step makes every earlier step positive"}
+    )
+    balance: bool = field(
+        default=True,
+        metadata={"help": "balance positive and negative labels per step index (drop extras)"},
+    )
     consistency_check: bool = field(
         default=True,
         metadata={
-            "help": "SORM: a continuation verifies a prefix only if it uses the value the "
-            "prefix's last step states (the paper's consistency check)"
+            "help": "a continuation verifies a prefix only if it uses the value the prefix's "
+            "last step states (the paper's consistency check)"
         },
     )
 
@@ -179,7 +238,9 @@ class RefinerConfig(TrainConfig):
         default=True, metadata={"help": "fall back to the reference when no draft is correct"}
     )
     eval_drafts: int = field(default=100, metadata={"help": "held-out incorrect drafts to fix"})
-    max_new_tokens: int = 160
+    max_new_tokens: int = field(
+        default=160, metadata={"help": "tokens per refinement in the held-out evaluation"}
+    )
 
 
 @dataclass
@@ -248,19 +309,48 @@ class ProfileConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "run"
-    seed: int = 0
+    name: str = field(
+        default="run", metadata={"help": "the run's name; run = the --out folder's name"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "the run's seed: the data splits, and each stage's offset"}
+    )
     threads: int = field(default=2, metadata={"help": "torch threads per process"})
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
-    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
-    orm: RewardConfig = field(default_factory=RewardConfig)
-    sorm: RewardConfig = field(default_factory=RewardConfig)
-    refiners: RefinerConfig = field(default_factory=RefinerConfig)
-    reranker: RerankerConfig = field(default_factory=RerankerConfig)
-    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    data: DataConfig = field(
+        default_factory=DataConfig, metadata={"help": "the questions: synthetic or GSM8K"}
+    )
+    model: ModelConfig = field(
+        default_factory=ModelConfig, metadata={"help": "the base model or the one from scratch"}
+    )
+    policy: PolicyConfig = field(
+        default_factory=PolicyConfig, metadata={"help": "the policy's supervised fine-tuning"}
+    )
+    expert_iteration: ExpertIterationConfig = field(
+        default_factory=ExpertIterationConfig,
+        metadata={"help": "rounds of sampling the policy and re-fitting on correct samples"},
+    )
+    rollouts: RolloutConfig = field(
+        default_factory=RolloutConfig,
+        metadata={"help": "the policy's drafts and V* continuations, held-out drafts too"},
+    )
+    orm: OrmConfig = field(
+        default_factory=OrmConfig, metadata={"help": "the outcome reward model's training"}
+    )
+    sorm: SormConfig = field(
+        default_factory=SormConfig, metadata={"help": "the stepwise ORM's training"}
+    )
+    refiners: RefinerConfig = field(
+        default_factory=RefinerConfig,
+        metadata={"help": "the global and local refiners' training"},
+    )
+    reranker: RerankerConfig = field(
+        default_factory=RerankerConfig,
+        metadata={"help": "the linear rerankers fitted on outcome-labelled samples"},
+    )
+    profile: ProfileConfig = field(
+        default_factory=ProfileConfig,
+        metadata={"help": "the question profile the service warns with"},
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -365,7 +455,8 @@ def load_config(
 
 
 def check(cfg: RunConfig) -> None:
-    """What no single field can say alone: a GSM8K run needs data that the user has."""
+    """What no single field can say alone: a GSM8K run needs data that the user has, and a
+    field kept for another section (the ORM's in the SORM's config) takes no value of its own."""
     d = cfg.data
     if d.source == "gsm8k" and not d.gsm8k_dir and not d.hub:
         raise ConfigError(
@@ -375,3 +466,12 @@ def check(cfg: RunConfig) -> None:
         )
     if d.gsm8k_dir and d.hub:
         raise ConfigError("data.hub: give data.gsm8k_dir or data.hub, not both")
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub) if dataclasses.is_dataclass(sub) else ():
+            owner = f.metadata.get("unused")
+            if owner and getattr(sub, f.name) != f.default:
+                raise ConfigError(
+                    f"{section.name}.{f.name}: not read here; it is {owner}'s option "
+                    f"(set {owner}.{f.name})"
+                )

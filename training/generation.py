@@ -24,6 +24,7 @@ from engines.base import (
     ScoreRequest,
     StepScores,
 )
+from engines.registry import load_engine
 
 
 def engine_spec(path: str | Path, backend: str, max_batch_size: int) -> EngineSpec:
@@ -37,27 +38,14 @@ def engine_spec(path: str | Path, backend: str, max_batch_size: int) -> EngineSp
     return EngineSpec(path=str(path), backend=b, options={key: max_batch_size})
 
 
-def _load(role: Role, spec: EngineSpec) -> Any:
-    try:
-        from engines.registry import load_engine
-    except ImportError:  # the registry is optional sugar over the backends
-        if spec.backend is not Backend.HF:
-            raise
-        from engines.hf import HFGenerator, HFScorer
-
-        cls = HFScorer if role.is_scorer else HFGenerator
-        return cls(spec.path, **spec.options)  # type: ignore[arg-type]
-    return load_engine(role, spec)
-
-
 def load_generator(role: Role, spec: EngineSpec) -> Generator:
-    engine = _load(role, spec)
+    engine = load_engine(role, spec)
     assert isinstance(engine, Generator)
     return engine
 
 
 def load_scorer(role: Role, spec: EngineSpec) -> Scorer:
-    engine = _load(role, spec)
+    engine = load_engine(role, spec)
     assert isinstance(engine, Scorer)
     return engine
 

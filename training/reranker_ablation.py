@@ -27,7 +27,7 @@ from engines.reranker import BUILTIN, Reranker
 from training.config import RunConfig, load_config
 from training.evaluation.rerankers import measure
 from training.evaluation.runner import RANKED_METHODS, QuestionRecord
-from training.pipeline import Stage, stage_seed
+from training.graph import stage_seed
 from training.reranker import (
     Row,
     candidate_questions,
@@ -41,6 +41,7 @@ from training.reranker import (
     split_questions,
 )
 from training.rollouts import read_jsonl, read_rollouts
+from training.stages.reranker import ROWS_CACHE, SPEC
 from training.tasks import load_problems
 from training.vstar import DraftRollout
 
@@ -107,7 +108,7 @@ def training_rows(run: Path, cache: Path) -> list[Row]:
     )
     rows = sample_rows(samples, readings)
     used = {r.problem_id for r in (*rollouts, *extra)}
-    seed = stage_seed(cfg.seed, Stage.RERANKER)
+    seed = stage_seed(cfg.seed, SPEC.name)
     fresh = candidate_questions(splits["train"], used, cfg.reranker.candidate_questions, seed)
     rows += candidate_rows(run, fresh, backend=cfg.reranker.backend)
     save_rows(cache, rows)
@@ -120,10 +121,10 @@ def ablate(run: Path, dev: Path, *, l2: float | None = None) -> dict[str, Any]:
         raise ValueError(f"{dev}/records.jsonl keeps no candidate features: rerun glore eval")
     cfg = _run_config(run)
     penalty = cfg.reranker.l2 if l2 is None else l2
-    rows = training_rows(run, run / ".cache" / "reranker_rows.json")
+    rows = training_rows(run, run / ROWS_CACHE)
     # The questions the reranker stage fits on (it holds out the rest to measure), so a variant
     # here with a stage variant's features is that variant.
-    seed = stage_seed(cfg.seed, Stage.RERANKER)
+    seed = stage_seed(cfg.seed, SPEC.name)
     fit_idx, _ = split_questions(rows, cfg.reranker.holdout_share, seed)
     rows = [rows[i] for i in fit_idx]
     out: list[dict[str, Any]] = []

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from engines.base import Role, ScoreRequest
 from training import generation
-from training.config import RewardConfig, RunConfig
+from training.config import RunConfig, TrainConfig
 from training.data import RewardExample, collate_reward, reward_example, reward_loss
 from training.metrics import accuracy_at, roc_auc
 from training.modeling import with_lora
@@ -41,7 +41,7 @@ def fit_reward(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[RewardExample],
-    cfg: RewardConfig,
+    cfg: TrainConfig,
     run: RunConfig,
     *,
     seed: int,

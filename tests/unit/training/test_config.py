@@ -106,3 +106,72 @@ def test_glore_train_without_gsm8k_data_exits_2_naming_the_field() -> None:
     assert proc.returncode == 2
     assert "data.gsm8k_dir: required" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _config_classes() -> list[type]:
+    """RunConfig and every dataclass it holds, found through the field types."""
+    import dataclasses
+    from typing import get_type_hints
+
+    from training.config import RunConfig
+
+    found, todo = [], [RunConfig]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo += [h for h in get_type_hints(cls).values() if dataclasses.is_dataclass(h)]
+    return found
+
+
+def test_every_field_of_every_config_has_help_text() -> None:
+    import dataclasses
+
+    classes = _config_classes()
+    assert {c.__name__ for c in classes} >= {"RunConfig", "OrmConfig", "SormConfig"}
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if not str(f.metadata.get("help", "")).strip()
+    ]
+    assert not missing, missing
+
+
+def test_the_orm_and_the_sorm_have_configs_of_their_own() -> None:
+    from training.config import OrmConfig, RunConfig, SormConfig
+
+    cfg = load_config(preset="smoke", overrides=["orm.lr=2e-3", "sorm.soft_labels=true"])
+    assert type(cfg.orm) is OrmConfig and type(cfg.sorm) is SormConfig
+    assert cfg.orm.lr == pytest.approx(2e-3) and cfg.sorm.lr != cfg.orm.lr
+    # no field help names the other model: each config speaks for its own
+    import dataclasses
+
+    for cls in (OrmConfig, SormConfig):
+        for f in dataclasses.fields(cls):
+            assert not f.metadata["help"].startswith(("ORM:", "SORM:")), f.name
+    assert RunConfig().to_dict()["orm"].keys() == RunConfig().to_dict()["sorm"].keys()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("orm.soft_labels=true", r"^orm\.soft_labels: .*sorm\.soft_labels"),
+        ("sorm.extra_questions=8", r"^sorm\.extra_questions: .*orm\.extra_questions"),
+    ],
+)
+def test_an_option_of_the_other_reward_model_is_refused_naming_where_it_goes(
+    override: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(preset="smoke", overrides=[override])
+
+
+def test_glore_train_takes_overrides_after_its_options_too() -> None:
+    from glore.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "all", "rollouts.k=2", "--out", "r", "seed=1", "--force"])
+    assert (args.stage, str(args.out), args.force) == ("all", "r", True)
+    assert args.overrides == ["rollouts.k=2", "seed=1"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "all", "--out", "r", "stray"])  # not key=value: refused

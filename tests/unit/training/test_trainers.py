@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from engines.text import STEP_TAG, policy_prompt
-from training.config import ModelConfig, RewardConfig, RunConfig, TrainConfig
+from training.config import ModelConfig, OrmConfig, RunConfig, SormConfig, TrainConfig
 from training.data import IGNORE, collate_reward, reward_example, reward_loss, sft_example
 from training.modeling import base_tokenizer, load_reward_model, new_policy, save_checkpoint
 from training.pairs import global_pairs, local_pairs
-from training.pipeline import _corpus
 from training.policy import fit_sft, policy_examples
 from training.refiners import refine_examples
 from training.reward import fit_reward, reward_examples
+from training.stages.data import _corpus
 from training.tasks import TaskConfig, generate_problems
 from training.vstar import DraftRollout, orm_examples, sorm_examples
 
@@ -151,7 +151,7 @@ def test_reward_model_training_logs_its_loss_and_changes_every_parameter(
     by_id = {p.id: p for p in problems}
     examples = reward_examples(tokenizer, rows, by_id)
     before = _snapshot(model)
-    cfg = RewardConfig(**{**TRAIN.__dict__})
+    cfg = (OrmConfig if kind == "orm" else SormConfig)(**{**TRAIN.__dict__})
     model, result = fit_reward(model, tokenizer, examples, cfg, RUN, seed=0, desc=kind)
     _assert_loss_logged(result, 3)
     _assert_all_changed(before, model)

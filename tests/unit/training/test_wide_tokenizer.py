@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from training.config import load_config
-from training.pipeline import _corpus
+from training.stages.data import _corpus
 from training.tasks import TaskConfig, generate_problems
 from training.tasks.words import HELDOUT_NAMES, HELDOUT_OBJECTS
 from training.tokenizer import build_tokenizer
