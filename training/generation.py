@@ -13,8 +13,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from engines.backends import backend as backend_row
 from engines.base import (
-    Backend,
     Completion,
     EngineSpec,
     Generator,
@@ -27,26 +27,16 @@ from engines.base import (
 
 
 def engine_spec(path: str | Path, backend: str, max_batch_size: int) -> EngineSpec:
-    """One checkpoint on `backend`, batching at most `max_batch_size` sequences at a time.
-
-    The HF engine's micro-batcher takes the size as `max_batch_size`; vLLM schedules
-    continuously and takes it as `max_num_seqs`.
-    """
-    b = Backend(backend)
-    key = "max_num_seqs" if b is Backend.VLLM else "max_batch_size"
-    return EngineSpec(path=str(path), backend=b, options={key: max_batch_size})
+    """One checkpoint on `backend`, batching at most `max_batch_size` sequences at a time (the
+    option each backend names in its row: the HF micro-batcher's `max_batch_size`, vLLM's
+    `max_num_seqs`)."""
+    key = backend_row(backend).batch_size_option
+    return EngineSpec(path=str(path), backend=backend, options={key: max_batch_size})
 
 
 def _load(role: Role, spec: EngineSpec) -> Any:
-    try:
-        from engines.registry import load_engine
-    except ImportError:  # the registry is optional sugar over the backends
-        if spec.backend is not Backend.HF:
-            raise
-        from engines.hf import HFGenerator, HFScorer
+    from engines.registry import load_engine
 
-        cls = HFScorer if role.is_scorer else HFGenerator
-        return cls(spec.path, **spec.options)  # type: ignore[arg-type]
     return load_engine(role, spec)
 
 
