@@ -43,7 +43,9 @@ class HFOptions(EngineOptions):
     device: str = Field(
         default="auto", description="`auto` (CUDA when present, else the CPU), `cpu`, `cuda:N`."
     )
-    dtype: str = Field(default="float32", description=f"Weights' dtype: one of {_DTYPES}.")
+    dtype: str = Field(
+        default="float32", description=f"Weights' dtype: {', '.join(_DTYPES[:-1])} or auto."
+    )
     max_batch_size: int = Field(
         default=64, description="Most sequences decoded (or rows read) in one batch."
     )

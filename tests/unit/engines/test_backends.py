@@ -28,7 +28,7 @@ from engines.base import (
     StepScores,
     TokenLogprobs,
 )
-from engines.options import EngineOptions
+from engines.options import EngineOptions, is_generator_only
 from engines.registry import load_engine, load_engines, run_dir_specs
 from service.settings import RoleSettings
 from training.generation import engine_spec
@@ -176,3 +176,32 @@ def test_a_row_must_name_a_batch_option_its_model_declares() -> None:
             options=ToyOptions,
             batch_size_option="max_batch",
         )
+
+
+def _readme_rows(name: str) -> list[str]:
+    """The README's row for each option of a shipped backend, rendered from its model."""
+
+    def shown(value: object) -> str:
+        return (
+            "none"
+            if value is None
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+
+    model = BACKENDS[name].options
+    return [
+        f"| `{name}` | `{option}`{' (generators)' if is_generator_only(info) else ''} | "
+        f"{shown(info.default)} | {info.description} |"
+        for option, info in model.model_fields.items()
+    ]
+
+
+@pytest.mark.parametrize("backend", list(Backend))
+def test_the_readme_lists_every_option_of_a_shipped_backend_as_its_model_declares(
+    backend: str,
+) -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    missing = [row for row in _readme_rows(backend) if row not in readme]
+    assert not missing, "README rows out of date:\n" + "\n".join(missing)
