@@ -70,7 +70,7 @@ def backend_names() -> list[str]:
     return [str(name) for name in BACKENDS]
 
 
-def backend(name: str) -> BackendSpec[Any]:
+def backend_row(name: str) -> BackendSpec[Any]:
     """The row for `name`; a ValueError names the backends there are."""
     try:
         return BACKENDS[name]
@@ -86,7 +86,7 @@ def engine_options(role: Role, spec: EngineSpec) -> EngineOptions:
     """
     role = Role(role)
     try:
-        row = backend(spec.backend)
+        row = backend_row(spec.backend)
     except ValueError as exc:
         raise EngineLoadError(str(exc), role=str(role), path=spec.path) from None
     accepted = row.options.accepted(scorer=role.is_scorer)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engines.backends import backend, engine_options
+from engines.backends import backend_row, engine_options
 from engines.base import (
     Backend,
     Engine,
@@ -39,7 +39,7 @@ def load_engine(role: Role, spec: EngineSpec) -> Generator | Scorer:
     role = Role(role)
     spec = adapter_spec(role, spec)
     options = engine_options(role, spec)
-    cls = backend(spec.backend).engine_class(role)
+    cls = backend_row(spec.backend).engine_class(role)
     try:
         engine = cls(spec.path, options, name=f"{role.value}:{spec.backend}")
     except EngineLoadError as exc:

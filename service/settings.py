@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from engines.backends import backend, backend_names
+from engines.backends import backend_names, backend_row
 from engines.base import Backend, EngineSpec, Role
 from engines.reranker import ORM_RERANKER, Reranker
 from service.pipeline import LocalWhenUnflagged, PipelineConfig, RefineMode, StrategyName
@@ -47,7 +47,7 @@ class RoleSettings(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        backend(value)  # a ValueError names the backends there are
+        backend_row(value)  # a ValueError names the backends there are
         return value
 
 

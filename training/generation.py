@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from engines.backends import backend as backend_row
+from engines.backends import backend_row
 from engines.base import (
     Completion,
     EngineSpec,
