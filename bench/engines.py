@@ -200,7 +200,7 @@ def _checkpoints(args: argparse.Namespace) -> tuple[str, str, str]:
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from engines.hf import HFGenerator, HFScorer, resolve_device
+    from engines.hf import HFGenerator, HFOptions, HFScorer, resolve_device
 
     torch.set_num_threads(max(1, args.threads))
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -239,8 +239,12 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
         if "hf" in backends:
             t = stage("HF: loading")
-            gen = HFGenerator(policy, device=device, dtype=args.dtype, max_batch_size=max(batches))
-            sc = HFScorer(scorer_path, device=device, dtype=args.dtype, max_batch_size=64)
+            gen = HFGenerator(
+                policy, HFOptions(device=device, dtype=args.dtype, max_batch_size=max(batches))
+            )
+            sc = HFScorer(
+                scorer_path, HFOptions(device=device, dtype=args.dtype, max_batch_size=64)
+            )
             progress.update(t, description="HF: generation")
             report["generation"]["hf"] = await bench_generation(
                 gen, batches, args.max_new_tokens, args.min_seconds
@@ -256,22 +260,22 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             await sc.close()
             progress.update(t, description="HF: done")
         if "vllm" in backends:
-            from engines.vllm import VLLMGenerator, VLLMScorer
+            from engines.vllm import VLLMGenerator, VLLMOptions, VLLMScorer
 
             t = stage("vLLM: starting engines")
-            opts: dict[str, Any] = {
-                "dtype": args.dtype,
-                "enforce_eager": device == "cpu",  # no compile step on a CPU
-                "cpu_kvcache_space_gib": args.vllm_kv_cache_gib,
-                "gpu_memory_utilization": 0.3,
-            }
-            vgen = VLLMGenerator(policy, **opts)
+            opts = VLLMOptions(
+                dtype=args.dtype,
+                enforce_eager=device == "cpu",  # no compile step on a CPU
+                cpu_kvcache_space_gib=args.vllm_kv_cache_gib,
+                gpu_memory_utilization=0.3,
+            )
+            vgen = VLLMGenerator(policy, opts)
             progress.update(t, description="vLLM: generation")
             report["generation"]["vllm"] = await bench_generation(
                 vgen, batches, args.max_new_tokens, args.min_seconds
             )
             await vgen.close()
-            vsc = VLLMScorer(scorer_path, **opts)
+            vsc = VLLMScorer(scorer_path, opts)
             progress.update(t, description="vLLM: scoring (one pass vs per prefix)")
             report["scoring"]["vllm"] = await bench_scoring(vsc, batches, args.min_seconds)
             await vsc.close()

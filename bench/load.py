@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engines.backends import backend_names
+
 MIXES = {
     "mixed": ["glore_always", "glore_auto", "greedy", "best_of_3"],
     "glore": ["glore_always"],
@@ -21,7 +23,7 @@ MIXES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, default=None, help="as for `glore bench service`")
-    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--backend", choices=backend_names(), default="hf")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="default: reports")
     parser.add_argument("--concurrency", type=int, default=16, help="clients at once (16)")
     parser.add_argument("--requests", type=int, default=2000, help="total requests (2000)")

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engines.backends import backend_names
+
 STRATEGIES: dict[str, dict[str, Any]] = {
     "greedy": {"strategy": "greedy"},
     "best_of_3": {"strategy": "best_of_n", "n": 3},
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="run directory (default: runs/tiny when complete, else the tiny test checkpoints)",
     )
-    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--backend", choices=backend_names(), default="hf")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="default: reports")
     parser.add_argument(
         "--eval-report", type=Path, default=None, help="an eval report JSON to read accuracy from"
@@ -296,12 +298,11 @@ async def overhead(
     server idles while the engines run in-process, and the other way round)."""
     import httpx
 
-    from engines.base import Backend
     from engines.registry import load_engines, run_dir_specs
     from service.pipeline import solve
 
     engines = await _to_thread(
-        load_engines, run_dir_specs(run_dir, backend=Backend(backend), options=options)
+        load_engines, run_dir_specs(run_dir, backend=backend, options=options)
     )
     out: dict[str, Any] = {}
     try:

@@ -23,14 +23,14 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from engines.base import SamplingParams
-    from engines.hf import HFGenerator
+    from engines.hf import HFGenerator, HFOptions
     from engines.text import policy_prompt
     from training.tiny_models import build_tiny_checkpoints, tiny_problems
 
     torch.set_num_threads(1)
     path = str(build_tiny_checkpoints(verbose=False).policy)
     prompts = [policy_prompt(p.question) for p in tiny_problems(args.prompts, seed=77)]
-    gen = HFGenerator(path, device="cpu")
+    gen = HFGenerator(path, HFOptions(device="cpu"))
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     asyncio.run(gen.generate(prompts, params))  # warm-up
     start = time.perf_counter()

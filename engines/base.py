@@ -27,6 +27,8 @@ class Role(StrEnum):
 
 
 class Backend(StrEnum):
+    """The backends glore ships, by name; engines.backends.BACKENDS holds what each one is."""
+
     HF = "hf"
     VLLM = "vllm"
 
@@ -210,6 +212,8 @@ class EngineSpec:
     """Where a role's model lives and which backend serves it."""
 
     path: str
-    backend: Backend = Backend.HF
-    # Backend options (device, dtype, max_batch_size, tensor_parallel_size, ...); see each backend.
+    # A name in engines.backends.BACKENDS (Backend names the shipped ones).
+    backend: str = Backend.HF
+    # Backend options (device, dtype, max_batch_size, tensor_parallel_size, ...), validated by
+    # the backend's options model (HFOptions, VLLMOptions, ...).
     options: dict[str, object] = field(default_factory=dict)

@@ -1,11 +1,6 @@
 """The transformers backend: batched KV-cache generation and one-pass step scoring, micro-batched.
 
-Reward models are `*ForTokenClassification` heads with 2 labels (1 = "correct"). A step's score is
-softmax(logits)[1] at the STEP_TAG token that closes it (engines.text.reward_input), so one forward
-pass scores every step of a solution and the outcome is the reading at the last tag. We chose this
-over a causal LM read through label-token logprobs because transformers trains it with a plain
-token-classification loss and vLLM serves the same checkpoint unchanged through its pooling runner
-(`token_classify`), which works on CPU, where vLLM refuses `prompt_logprob_token_ids`.
+Reward models are 2-label token-classification heads read at every step tag (engines/reward.py).
 """
 
 from __future__ import annotations
@@ -16,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field
 
 from engines.base import (
     Completion,
@@ -31,11 +28,37 @@ from engines.base import (
     TokenLogprobs,
 )
 from engines.batching import ContinuousBatcher, MicroBatcher
-from engines.text import STEP_TAG, reward_input
+from engines.options import EngineOptions
+from engines.reward import check_reward_config, reward_token_ids, step_probs, step_tag_id
+from engines.tokens import likelihood_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+class HFOptions(EngineOptions):
+    """The transformers backend's options (GLORE_<ROLE>__OPTIONS)."""
+
+    device: str = Field(
+        default="auto", description="`auto` (CUDA when present, else the CPU), `cpu`, `cuda:N`."
+    )
+    dtype: str = Field(
+        default="float32", description=f"Weights' dtype: {', '.join(_DTYPES[:-1])} or auto."
+    )
+    max_batch_size: int = Field(
+        default=64, description="Most sequences decoded (or rows read) in one batch."
+    )
+    batch_wait_ms: float = Field(
+        default=5.0,
+        description="How long scoring and log-probability reads wait under load for more rows "
+        "to batch (generation joins the running batch at every step instead).",
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        description="A context shorter than the model's own (vLLM's option of that name); "
+        "none: the model's position embeddings.",
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -57,69 +80,6 @@ def _torch_dtype(dtype: str) -> Any:
     return "auto" if dtype == "auto" else getattr(torch, dtype)
 
 
-def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:
-        # Causal LMs often ship without a pad token; any id works since padding is masked out.
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def step_tag_id(tokenizer: Any, path: str) -> int:
-    """The id of STEP_TAG, which must be one token in a reward model's tokenizer."""
-    ids = tokenizer.encode(STEP_TAG, add_special_tokens=False)
-    if len(ids) != 1:
-        raise EngineLoadError(f"tokenizer does not have {STEP_TAG!r} as one token", path=path)
-    return int(ids[0])
-
-
-def check_reward_config(path: str) -> None:
-    """Refuse a checkpoint that is not a 2-label token-classification reward model."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    archs = getattr(config, "architectures", None) or []
-    if archs and not any(a.endswith("ForTokenClassification") for a in archs):
-        raise EngineLoadError(
-            f"a reward model needs a token-classification head, the checkpoint is {archs}",
-            path=path,
-        )
-    if getattr(config, "num_labels", None) != 2:
-        raise EngineLoadError(
-            "a reward model needs 2 labels (1 = correct), "
-            f"config has num_labels={getattr(config, 'num_labels', None)}",
-            path=path,
-        )
-
-
-def reward_token_ids(tokenizer: Any, tag_id: int, request: ScoreRequest) -> list[int]:
-    """Token ids of a request's reward input; both backends score exactly these ids."""
-    if not request.steps:
-        raise InputError("steps: a solution to score needs at least one step")
-    ids = tokenizer.encode(reward_input(request.question, request.steps), add_special_tokens=False)
-    found = sum(1 for i in ids if i == tag_id)
-    if found != len(request.steps):
-        # A step containing the literal tag would shift every reading after it.
-        raise InputError(
-            f"steps: expected {len(request.steps)} step tags, found {found} "
-            f"(a step may not contain {STEP_TAG!r})"
-        )
-    return list(ids)
-
-
-def likelihood_token_ids(tokenizer: Any, request: LikelihoodRequest) -> tuple[list[int], int]:
-    """(prompt ids + completion ids + EOS, number of prompt ids): the tokens a policy was trained
-    on (training.data renders SFT examples the same way), so both backends read exactly these."""
-    prompt = tokenizer.encode(request.prompt, add_special_tokens=False)
-    completion = tokenizer.encode(request.completion, add_special_tokens=False)
-    if not prompt:
-        raise InputError("prompt: a prompt is empty")
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return [*prompt, *completion, *eos], len(prompt)
-
-
 def _context(config: Any, max_model_len: int | None) -> int:
     """The tokens a model takes: its position embeddings, or fewer when `max_model_len` says so
     (vLLM's option of that name: a deployment may give a role a shorter context)."""
@@ -129,36 +89,19 @@ def _context(config: Any, max_model_len: int | None) -> int:
     return min(positions, max_model_len or positions)
 
 
-def step_probs(logits: Any, ids: Sequence[int], tag_id: int) -> StepScores:
-    """softmax(logits)[1] at every step-tag position; logits is [len(ids), 2]."""
-    import torch
-
-    positions = [i for i, t in enumerate(ids) if t == tag_id]
-    probs = torch.softmax(logits[positions].float(), dim=-1)[:, 1]
-    return StepScores(tuple(float(p) for p in probs))
-
-
 class _HFEngine:
     """Model loading, device/dtype, a micro-batcher and health, shared by generator and scorer."""
 
     def __init__(
-        self,
-        path: str | Path,
-        *,
-        device: str,
-        dtype: str,
-        max_batch_size: int,
-        batch_wait_ms: float,
-        name: str | None,
-        kind: str,
+        self, path: str | Path, options: HFOptions, *, name: str | None, kind: str
     ) -> None:
         import torch
 
         self.path = str(path)
         self.name = name or f"hf:{kind}:{Path(self.path).name}"
         try:
-            self.device = resolve_device(device)
-            self.dtype = _torch_dtype(dtype)
+            self.device = resolve_device(options.device)
+            self.dtype = _torch_dtype(options.dtype)
             if not Path(self.path).is_dir():
                 raise FileNotFoundError(f"no checkpoint directory at {self.path}")
             self.tokenizer = load_tokenizer(self.path)
@@ -169,7 +112,8 @@ class _HFEngine:
         except Exception as exc:
             raise EngineLoadError(f"cannot load {kind} checkpoint: {exc}", path=self.path) from exc
         self._torch = torch
-        self._batcher = self._make_batcher(max_batch_size, batch_wait_ms)
+        self.max_positions = _context(self.model.config, options.max_model_len)
+        self._batcher = self._make_batcher(options.max_batch_size, options.batch_wait_ms)
 
     def _make_batcher(
         self, max_batch_size: int, batch_wait_ms: float
@@ -380,39 +324,21 @@ class HFGenerator(_HFEngine):
     """A causal LM served by transformers, decoded with the KV cache and batched continuously."""
 
     def __init__(
-        self,
-        path: str | Path,
-        *,
-        device: str = "auto",
-        dtype: str = "float32",
-        max_batch_size: int = 64,
-        batch_wait_ms: float = 5.0,
-        name: str | None = None,
-        lora_adapters: dict[str, str] | None = None,
-        adapter: str | None = None,
-        max_model_len: int | None = None,
+        self, path: str | Path, options: HFOptions | None = None, *, name: str | None = None
     ) -> None:
+        options = options or HFOptions()
         # Read by _load_model: every adapter is loaded, unmerged, over the one base model.
-        self._adapters = _check_adapters(path, lora_adapters, adapter)
-        super().__init__(
-            path,
-            device=device,
-            dtype=dtype,
-            max_batch_size=max_batch_size,
-            batch_wait_ms=batch_wait_ms,
-            name=name,
-            kind="generator",
-        )
-        self.adapter = adapter
+        self._adapters = _check_adapters(path, options.lora_adapters, options.adapter)
+        super().__init__(path, options, name=name, kind="generator")
+        self.adapter = options.adapter
         self.tokenizer.padding_side = "left"
         self.eos_ids = self._eos_ids()
-        self.max_positions = _context(self.model.config, max_model_len)
         # Reading log-probabilities is one forward pass per row: its own batcher, so a scoring
         # call never waits behind a long generation batch (and vice versa).
         self._reader: MicroBatcher[tuple[list[int], int, str | None], TokenLogprobs] = MicroBatcher(
             self._read_batch,
-            max_batch_size=max_batch_size,
-            wait_ms=batch_wait_ms,
+            max_batch_size=options.max_batch_size,
+            wait_ms=options.batch_wait_ms,
             name=f"{self.name}:logprobs",
         )
 
@@ -633,27 +559,11 @@ class HFScorer(_HFEngine):
     """A token-classification reward model: every step of a solution read in one forward pass."""
 
     def __init__(
-        self,
-        path: str | Path,
-        *,
-        device: str = "auto",
-        dtype: str = "float32",
-        max_batch_size: int = 64,
-        batch_wait_ms: float = 5.0,
-        name: str | None = None,
-        max_model_len: int | None = None,
+        self, path: str | Path, options: HFOptions | None = None, *, name: str | None = None
     ) -> None:
-        super().__init__(
-            path,
-            device=device,
-            dtype=dtype,
-            max_batch_size=max_batch_size,
-            batch_wait_ms=batch_wait_ms,
-            name=name,
-            kind="scorer",
-        )
+        # LoRA options are a generator's; the registry refuses them for a scorer.
+        super().__init__(path, options or HFOptions(), name=name, kind="scorer")
         self.tag_id = step_tag_id(self.tokenizer, self.path)
-        self.max_positions = _context(self.model.config, max_model_len)
 
     def _load_model(self) -> Any:
         from transformers import AutoModelForTokenClassification

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from engines.backends import backend_row, engine_options
 from engines.base import (
     Backend,
     Engine,
@@ -29,54 +29,19 @@ from engines.base import (
 log = logging.getLogger(__name__)
 
 
-def _engine_class(role: Role, backend: Backend) -> type:
-    if backend == Backend.HF:
-        from engines.hf import HFGenerator, HFScorer
-
-        return HFScorer if role.is_scorer else HFGenerator
-    if backend == Backend.VLLM:
-        from engines.vllm import VLLMGenerator, VLLMScorer
-
-        return VLLMScorer if role.is_scorer else VLLMGenerator
-    raise EngineLoadError(f"unknown backend {backend!r}", role=str(role))
-
-
-def _check_options(role: Role, spec: EngineSpec, cls: type) -> None:
-    accepted = {
-        name
-        for name, p in inspect.signature(cls).parameters.items()
-        if p.kind == inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(spec.options) - accepted)
-    if unknown:
-        raise EngineLoadError(
-            f"unknown option(s) {unknown} for backend {Backend(spec.backend).value}; "
-            f"accepted: {sorted(accepted)}",
-            role=str(role),
-            path=spec.path,
-        )
-
-
 def load_engine(role: Role, spec: EngineSpec) -> Generator | Scorer:
     """Load one role's model: a Scorer for ORM/SORM, a Generator otherwise.
 
-    Raises EngineLoadError naming the role and the path when anything goes wrong.
+    The backend's row in engines.backends.BACKENDS says which class serves the role and
+    validates the options. Raises EngineLoadError naming the role and the path when anything
+    goes wrong.
     """
     role = Role(role)
     spec = adapter_spec(role, spec)
+    options = engine_options(role, spec)
+    cls = backend_row(spec.backend).engine_class(role)
     try:
-        backend = Backend(spec.backend)
-    except ValueError:
-        raise EngineLoadError(
-            f"unknown backend {spec.backend!r}; choose one of {[b.value for b in Backend]}",
-            role=str(role),
-            path=spec.path,
-        ) from None
-    cls = _engine_class(role, backend)
-    _check_options(role, spec, cls)
-    name = f"{role.value}:{backend.value}"
-    try:
-        engine = cls(spec.path, name=name, **spec.options)
+        engine = cls(spec.path, options, name=f"{role.value}:{spec.backend}")
     except EngineLoadError as exc:
         raise EngineLoadError(
             f"cannot load the {role.value} model: {_reason(exc)}", role=str(role), path=spec.path
@@ -235,7 +200,7 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
 def run_dir_specs(
     run_dir: str | os.PathLike[str],
     *,
-    backend: Backend = Backend.HF,
+    backend: str = Backend.HF,
     options: Mapping[str, object] | None = None,
     roles: Iterable[Role] = tuple(Role),
 ) -> dict[Role, EngineSpec]:

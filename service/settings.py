@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engines.backends import backend_names, backend_row
 from engines.base import Backend, EngineSpec, Role
 from engines.reranker import ORM_RERANKER, Reranker
 from service.pipeline import LocalWhenUnflagged, PipelineConfig, RefineMode, StrategyName
@@ -33,11 +34,21 @@ class RoleSettings(BaseModel):
     path: Path | None = Field(
         default=None, description="Checkpoint directory; default RUN_DIR/<role>."
     )
-    backend: Backend = Backend.HF
+    backend: str = Field(
+        default=Backend.HF,
+        description=f"The backend serving the role: {' or '.join(backend_names())}.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Backend options (device, dtype, max_batch_size, ...), passed to the engine.",
+        description="Backend options (device, dtype, max_batch_size, ...), passed to the engine "
+        "and validated by the backend's options model when it loads.",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        backend_row(value)  # a ValueError names the backends there are
+        return value
 
 
 class Limits(BaseModel):

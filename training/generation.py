@@ -13,8 +13,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from engines.backends import backend_row
 from engines.base import (
-    Backend,
     Completion,
     EngineSpec,
     Generator,
@@ -28,14 +28,11 @@ from engines.registry import load_engine
 
 
 def engine_spec(path: str | Path, backend: str, max_batch_size: int) -> EngineSpec:
-    """One checkpoint on `backend`, batching at most `max_batch_size` sequences at a time.
-
-    The HF engine's micro-batcher takes the size as `max_batch_size`; vLLM schedules
-    continuously and takes it as `max_num_seqs`.
-    """
-    b = Backend(backend)
-    key = "max_num_seqs" if b is Backend.VLLM else "max_batch_size"
-    return EngineSpec(path=str(path), backend=b, options={key: max_batch_size})
+    """One checkpoint on `backend`, batching at most `max_batch_size` sequences at a time (the
+    option each backend names in its row: the HF micro-batcher's `max_batch_size`, vLLM's
+    `max_num_seqs`)."""
+    key = backend_row(backend).batch_size_option
+    return EngineSpec(path=str(path), backend=backend, options={key: max_batch_size})
 
 
 def load_generator(role: Role, spec: EngineSpec) -> Generator:

@@ -172,7 +172,6 @@ def candidate_questions(
 def candidate_rows(run_dir: Path, problems: Sequence[Problem], *, backend: str) -> list[Row]:
     """GLoRe's candidates {draft, global, local} (refine=always, the paper's ORM ranking) on
     `problems`, through the service's own pipeline, with their features and outcomes."""
-    from engines.base import Backend
     from engines.registry import load_engines, run_dir_specs
     from service.pipeline.types import PipelineConfig, RefineMode
     from training.evaluation.runner import METHODS, evaluate
@@ -181,7 +180,7 @@ def candidate_rows(run_dir: Path, problems: Sequence[Problem], *, backend: str) 
     cfg = PipelineConfig(refine=RefineMode.ALWAYS)
 
     async def go() -> list[Row]:
-        engines = load_engines(run_dir_specs(run_dir, backend=Backend(backend)))
+        engines = load_engines(run_dir_specs(run_dir, backend=backend))
         try:
             records = await evaluate(problems, engines, cfg, methods=glore, desc="GLoRe candidates")
         finally:

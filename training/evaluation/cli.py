@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from engines.backends import backend_names
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="trained run directory")
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-vstar", action="store_true", help="skip the V* rollouts (exact labels only)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--backend", choices=backend_names(), default="hf")
     parser.add_argument("--concurrency", type=int, default=32, help="questions in flight")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument(

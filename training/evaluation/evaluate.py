@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from engines.base import Backend, Generator, Role, SamplingParams
+from engines.base import Generator, Role, SamplingParams
 from engines.reranker import default_reranker, run_rerankers
 from service.pipeline.types import Engines, PipelineConfig
 from service.settings import SERVING_FILE, Defaults, ServingDefaults, pipeline_config
@@ -271,7 +271,7 @@ async def vstar_for(
 def load_run_engines(run: Path, backend: str) -> Any:
     from engines.registry import load_engines, run_dir_specs
 
-    return load_engines(run_dir_specs(run, backend=Backend(backend)))
+    return load_engines(run_dir_specs(run, backend=backend))
 
 
 async def evaluate_run(

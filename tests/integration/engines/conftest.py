@@ -26,36 +26,36 @@ def _close(engine: object) -> None:
 
 @pytest.fixture(scope="session")
 def hf_generator(tiny_checkpoints: TinyCheckpoints) -> Iterator[Generator]:
-    from engines.hf import HFGenerator
+    from engines.hf import HFGenerator, HFOptions
 
-    engine = HFGenerator(tiny_checkpoints.policy, device="cpu", batch_wait_ms=5.0)
+    engine = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu", batch_wait_ms=5.0))
     yield engine
     _close(engine)
 
 
 @pytest.fixture(scope="session")
 def hf_scorer(tiny_checkpoints: TinyCheckpoints) -> Iterator[Scorer]:
-    from engines.hf import HFScorer
+    from engines.hf import HFOptions, HFScorer
 
-    engine = HFScorer(tiny_checkpoints.scorer, device="cpu")
+    engine = HFScorer(tiny_checkpoints.scorer, HFOptions(device="cpu"))
     yield engine
     _close(engine)
 
 
 @pytest.fixture(scope="session")
 def vllm_generator(tiny_checkpoints: TinyCheckpoints) -> Iterator[Generator]:
-    from engines.vllm import VLLMGenerator
+    from engines.vllm import VLLMGenerator, VLLMOptions
 
-    engine = VLLMGenerator(tiny_checkpoints.policy, **VLLM_OPTIONS)  # type: ignore[arg-type]
+    engine = VLLMGenerator(tiny_checkpoints.policy, VLLMOptions.model_validate(VLLM_OPTIONS))
     yield engine
     _close(engine)
 
 
 @pytest.fixture(scope="session")
 def vllm_scorer(tiny_checkpoints: TinyCheckpoints) -> Iterator[Scorer]:
-    from engines.vllm import VLLMScorer
+    from engines.vllm import VLLMOptions, VLLMScorer
 
-    engine = VLLMScorer(tiny_checkpoints.scorer, **VLLM_OPTIONS)  # type: ignore[arg-type]
+    engine = VLLMScorer(tiny_checkpoints.scorer, VLLMOptions.model_validate(VLLM_OPTIONS))
     yield engine
     _close(engine)
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from engines.base import EngineError, SamplingParams
-from engines.hf import HFGenerator, HFScorer, resolve_device
+from engines.hf import HFGenerator, HFOptions, HFScorer, resolve_device
 from engines.text import policy_prompt
 from tests.support.tiny_models import TinyCheckpoints, tiny_problems
 
@@ -15,7 +15,7 @@ PROMPTS = [policy_prompt(p.question) for p in tiny_problems(16, seed=303)]
 
 
 async def test_sixteen_concurrent_callers_share_batches(tiny_checkpoints: TinyCheckpoints) -> None:
-    gen = HFGenerator(tiny_checkpoints.policy, device="cpu", batch_wait_ms=20)
+    gen = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu", batch_wait_ms=20))
     try:
         params = SamplingParams(max_new_tokens=48)
         results = await asyncio.gather(*(gen.generate([p], params) for p in PROMPTS))
@@ -30,7 +30,7 @@ async def test_sixteen_concurrent_callers_share_batches(tiny_checkpoints: TinyCh
 async def test_a_request_arriving_mid_batch_starts_before_the_batch_ends(
     tiny_checkpoints: TinyCheckpoints,
 ) -> None:
-    gen = HFGenerator(tiny_checkpoints.policy, device="cpu")
+    gen = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu"))
     try:
         # Sampled at temperature 2, the tiny policy rambles: with these seeds, sample 38 of the
         # batch writes 175 tokens (samples are seeded per index, whatever their batch-mates).
@@ -52,7 +52,7 @@ async def test_a_request_arriving_mid_batch_starts_before_the_batch_ends(
 async def test_a_caller_cancelled_mid_batch_leaves_the_others_running(
     tiny_checkpoints: TinyCheckpoints,
 ) -> None:
-    gen = HFGenerator(tiny_checkpoints.policy, device="cpu")
+    gen = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu"))
     try:
         long = SamplingParams(n=3, temperature=1.0, seed=2, max_new_tokens=200, stop=())
         doomed = asyncio.create_task(gen.generate([PROMPTS[2]], long))
@@ -75,7 +75,7 @@ async def test_a_row_that_breaks_the_model_fails_alone_in_its_micro_batch(
 ) -> None:
     """A poison row (here: one whose forward pass raises, as an OOM or a CUDA error would) fails
     its own call; the good rows of the same micro-batch are retried alone and answered."""
-    gen = HFGenerator(tiny_checkpoints.policy, device="cpu", batch_wait_ms=50)
+    gen = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu", batch_wait_ms=50))
     poison = policy_prompt("POISON: how many apples are left?")
     real_prefill = gen._prefill
 
@@ -104,7 +104,7 @@ async def test_a_row_that_breaks_the_model_fails_alone_in_its_micro_batch(
 async def test_a_closed_engine_reports_unhealthy_and_refuses_calls(
     tiny_checkpoints: TinyCheckpoints,
 ) -> None:
-    scorer = HFScorer(tiny_checkpoints.scorer, device="cpu")
+    scorer = HFScorer(tiny_checkpoints.scorer, HFOptions(device="cpu"))
     assert scorer.health().healthy
     await scorer.close()
     assert not scorer.health().healthy
@@ -128,12 +128,12 @@ def test_an_unknown_dtype_is_refused_by_name(tiny_checkpoints: TinyCheckpoints) 
     from engines.base import EngineLoadError
 
     with pytest.raises(EngineLoadError, match="dtype"):
-        HFGenerator(tiny_checkpoints.policy, dtype="float8")
+        HFGenerator(tiny_checkpoints.policy, HFOptions(dtype="float8"))
 
 
 def test_the_engine_serves_successive_event_loops(tiny_checkpoints: TinyCheckpoints) -> None:
     """Training code calls asyncio.run per step; one loaded engine must serve them all."""
-    gen = HFGenerator(tiny_checkpoints.policy, device="cpu")
+    gen = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu"))
     params = SamplingParams(max_new_tokens=32)
     first = asyncio.run(gen.generate(PROMPTS[:2], params))
     second = asyncio.run(gen.generate(PROMPTS[:2], params))
@@ -144,7 +144,7 @@ def test_the_engine_serves_successive_event_loops(tiny_checkpoints: TinyCheckpoi
 async def test_an_overlong_prompt_fails_only_its_own_call(
     tiny_checkpoints: TinyCheckpoints,
 ) -> None:
-    gen = HFGenerator(str(tiny_checkpoints.policy), batch_wait_ms=50.0)
+    gen = HFGenerator(str(tiny_checkpoints.policy), HFOptions(batch_wait_ms=50.0))
     try:
         good = policy_prompt(tiny_problems(1, seed=3)[0].question)
         huge = policy_prompt("many " * (gen.max_positions + 10))

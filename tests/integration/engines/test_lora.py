@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engines.base import Backend, EngineSpec, LikelihoodRequest, Role, SamplingParams
-from engines.hf import HFGenerator
+from engines.hf import HFGenerator, HFOptions
 from engines.registry import load_engines, run_dir_specs
 from engines.text import policy_prompt
 from tests.integration.engines.conftest import VLLM_OPTIONS
@@ -46,7 +46,7 @@ def adapters(tiny_checkpoints: TinyCheckpoints, tmp_path_factory: pytest.TempPat
 async def test_hf_serves_each_rows_adapter_unmerged_over_one_base(
     tiny_checkpoints: TinyCheckpoints, adapters: dict, hf_generator: HFGenerator
 ) -> None:
-    engine = HFGenerator(tiny_checkpoints.policy, device="cpu", lora_adapters=adapters)
+    engine = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu", lora_adapters=adapters))
     try:
         base, noop, loud = engine, engine.with_adapter("noop"), engine.with_adapter("loud")
         expected = await hf_generator.generate(PROMPTS, GREEDY)
@@ -91,7 +91,7 @@ async def test_a_run_with_refiner_adapters_serves_three_roles_from_one_engine(
 ) -> None:
     run = _adapter_run(tiny_checkpoints, adapters, tmp_path)
     options = dict(VLLM_OPTIONS) if backend == "vllm" else {"device": "cpu"}
-    engines = load_engines(run_dir_specs(run, backend=Backend(backend), options=options))
+    engines = load_engines(run_dir_specs(run, backend=backend, options=options))
     try:
         # One generator engine (policy + both refiners), one scorer (ORM and SORM share a file).
         assert len(engines.unique_engines()) == 2
@@ -99,7 +99,7 @@ async def test_a_run_with_refiner_adapters_serves_three_roles_from_one_engine(
         views = [engines.policy, engines.refine_global, engines.refine_local]
         assert len({id(getattr(v, shared)) for v in views}) == 1
         expected = await hf_generator.generate(PROMPTS, GREEDY)
-        loud = HFGenerator(tiny_checkpoints.policy, device="cpu", lora_adapters=adapters)
+        loud = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu", lora_adapters=adapters))
         try:
             loud_expected = await loud.with_adapter("loud").generate(PROMPTS, GREEDY)
         finally:
@@ -153,4 +153,7 @@ def test_an_unknown_adapter_is_refused_naming_it(
     from engines.base import EngineLoadError
 
     with pytest.raises(EngineLoadError, match="quiet"):
-        HFGenerator(tiny_checkpoints.policy, device="cpu", lora_adapters=adapters, adapter="quiet")
+        HFGenerator(
+            tiny_checkpoints.policy,
+            HFOptions(device="cpu", lora_adapters=adapters, adapter="quiet"),
+        )

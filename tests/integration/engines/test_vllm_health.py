@@ -19,11 +19,11 @@ pytestmark = pytest.mark.vllm
 def test_a_vllm_engine_whose_process_died_reports_unhealthy(
     tiny_checkpoints: TinyCheckpoints,
 ) -> None:
-    from engines.vllm import VLLMScorer
+    from engines.vllm import VLLMOptions, VLLMScorer
 
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
-    scorer = VLLMScorer(tiny_checkpoints.scorer, **VLLM_OPTIONS)  # type: ignore[arg-type]
+    scorer = VLLMScorer(tiny_checkpoints.scorer, VLLMOptions.model_validate(VLLM_OPTIONS))
     try:
         request = ScoreRequest("How many?", ("1 + 1 = 2", "The answer is 2."))
         assert scorer.health().healthy

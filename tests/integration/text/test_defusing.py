@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from engines.hf import load_tokenizer
 from engines.text import (
     CRITIQUE_MARKER,
     STEP_TAG,
@@ -16,6 +15,7 @@ from engines.text import (
     policy_prompt,
     reward_input,
 )
+from engines.tokens import load_tokenizer
 from tests.support.tiny_models import TinyCheckpoints
 
 HOSTILE = [

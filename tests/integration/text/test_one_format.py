@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engines.base import Completion, Role, SamplingParams, ScoreRequest
-from engines.hf import HFGenerator, HFScorer, reward_token_ids
+from engines.hf import HFGenerator, HFScorer
+from engines.reward import reward_token_ids
 from engines.text import join_steps, local_refine_prompt, split_steps
 from service.pipeline.draft import draft_solution
 from service.pipeline.refine import refine_local

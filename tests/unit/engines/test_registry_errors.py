@@ -32,7 +32,7 @@ def test_an_unknown_option_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_an_unknown_backend_is_refused_by_name(tmp_path: Path) -> None:
-    spec = EngineSpec(str(tmp_path), backend="tgi")  # type: ignore[arg-type]
+    spec = EngineSpec(str(tmp_path), backend="tgi")
     with pytest.raises(EngineLoadError, match="tgi"):
         load_engine(Role.REFINE_LOCAL, spec)
 

@@ -1,0 +1,111 @@
+"""Every backend as one row: its generator, its scorer and its typed options model.
+
+The registry, the service's settings and every CLI's `--backend` read this table, so a new
+backend is one module (two engine classes and an options model) plus one row here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from engines.base import Backend, EngineLoadError, EngineSpec, Generator, Role, Scorer
+from engines.hf import HFGenerator, HFOptions, HFScorer
+from engines.options import EngineOptions
+from engines.vllm import VLLMGenerator, VLLMOptions, VLLMScorer
+
+OptionsT = TypeVar("OptionsT", bound=EngineOptions)
+O_contra = TypeVar("O_contra", bound=EngineOptions, contravariant=True)
+E_co = TypeVar("E_co", covariant=True)
+
+
+class EngineClass(Protocol[O_contra, E_co]):
+    """How the registry builds an engine: a checkpoint folder, the options, a name for logs."""
+
+    def __call__(self, path: str, options: O_contra, *, name: str | None = ...) -> E_co: ...
+
+
+@dataclass(frozen=True)
+class BackendSpec(Generic[OptionsT]):
+    """One backend: what serves a generating role, what serves a scoring role, what they take."""
+
+    generator: EngineClass[OptionsT, Generator]
+    scorer: EngineClass[OptionsT, Scorer]
+    options: type[OptionsT]
+    # The option that bounds the sequences one engine works on at once (training sets it).
+    batch_size_option: str
+
+    def __post_init__(self) -> None:
+        if self.batch_size_option not in self.options.model_fields:
+            raise ValueError(
+                f"batch_size_option {self.batch_size_option!r} is not an option of "
+                f"{self.options.__name__}"
+            )
+
+    def engine_class(self, role: Role) -> EngineClass[OptionsT, Generator | Scorer]:
+        return self.scorer if Role(role).is_scorer else self.generator
+
+
+BACKENDS: dict[str, BackendSpec[Any]] = {
+    Backend.HF: BackendSpec(
+        generator=HFGenerator,
+        scorer=HFScorer,
+        options=HFOptions,
+        batch_size_option="max_batch_size",
+    ),
+    Backend.VLLM: BackendSpec(
+        generator=VLLMGenerator,
+        scorer=VLLMScorer,
+        options=VLLMOptions,
+        # vLLM schedules continuously; this caps the sequences in its running batch.
+        batch_size_option="max_num_seqs",
+    ),
+}
+
+
+def backend_names() -> list[str]:
+    """The backends a setting or a `--backend` may name, in the table's order."""
+    return [str(name) for name in BACKENDS]
+
+
+def backend_row(name: str) -> BackendSpec[Any]:
+    """The row for `name`; a ValueError names the backends there are."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; choose one of {backend_names()}") from None
+
+
+def engine_options(role: Role, spec: EngineSpec) -> EngineOptions:
+    """`spec.options` validated by its backend's model for `role`.
+
+    EngineLoadError names the role and the path, and an unknown option by name with the accepted
+    ones (a scorer accepts no generator-only option).
+    """
+    role = Role(role)
+    try:
+        row = backend_row(spec.backend)
+    except ValueError as exc:
+        raise EngineLoadError(str(exc), role=str(role), path=spec.path) from None
+    accepted = row.options.accepted(scorer=role.is_scorer)
+    unknown = sorted(set(spec.options) - set(accepted))
+    if unknown:
+        raise EngineLoadError(
+            f"unknown option(s) {unknown} for backend {spec.backend}; accepted: {accepted}",
+            role=str(role),
+            path=spec.path,
+        )
+    try:
+        return row.options.model_validate(spec.options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise EngineLoadError(
+            f"cannot load the {role.value} model: invalid option(s) for backend "
+            f"{spec.backend}: {problems}",
+            role=str(role),
+            path=spec.path,
+        ) from None
