@@ -32,8 +32,9 @@ async def test_a_request_arriving_mid_batch_starts_before_the_batch_ends(
 ) -> None:
     gen = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu"))
     try:
-        # Sampled at temperature 2, the tiny policy rambles: with these seeds, sample 38 of the
-        # batch writes 175 tokens (samples are seeded per index, whatever their batch-mates).
+        # Sampled at temperature 2 with no stop, the tiny policy rambles: some of the 40 samples
+        # run for well over a hundred tokens (how many depends on the weights, which differ by
+        # machine), while the late request needs two.
         long = SamplingParams(n=40, temperature=2.0, seed=1, max_new_tokens=300, stop=())
         first = asyncio.create_task(gen.generate([PROMPTS[0]], long))
         while gen.batcher.stats.items < 40:  # the long batch is decoding
@@ -44,7 +45,7 @@ async def test_a_request_arriving_mid_batch_starts_before_the_batch_ends(
         assert late[0][0].num_tokens == 2
         assert gen.batcher.stats.joined_running == 1
         done = await first
-        assert max(c.num_tokens for c in done[0]) == 175
+        assert max(c.num_tokens for c in done[0]) > 20 * late[0][0].num_tokens
     finally:
         await gen.close()
 
