@@ -1,1 +1,24 @@
 """Benchmarks that write JSON and markdown reports under reports/ (`glore bench ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+
+def measured(
+    name: str, bench: Callable[[argparse.Namespace], dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """`bench(args)`'s report; None when it could not run, after saying why on stderr."""
+    try:
+        return bench(args)
+    except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
+        print(f"glore bench {name}: {exc}", file=sys.stderr)
+        return None
+
+
+def say_wrote(paths: Iterable[Path]) -> None:
+    print("wrote " + ", ".join(str(p) for p in paths))

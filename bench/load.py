@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import measured, say_wrote
 from engines.backends import backend_names
 
 MIXES = {
@@ -49,13 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.burst is not None:
         return run_burst(args)
-    try:
-        report = soak(args)
-    except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
-        print(f"glore bench load: {exc}", file=sys.stderr)
+    report = measured("load", soak, args)
+    if report is None:
         return 1
-    paths = write(report, args.out)
-    print("wrote " + ", ".join(str(p) for p in paths))
+    say_wrote(write(report, args.out))
     return 0 if report["errors_5xx"] == 0 else 1
 
 
@@ -157,10 +155,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_burst(args: argparse.Namespace) -> int:
-    try:
-        report = burst(args)
-    except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
-        print(f"glore bench load: {exc}", file=sys.stderr)
+    report = measured("load", burst, args)
+    if report is None:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench-service-burst-{args.backend}"

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import measured, say_wrote
 from engines.backends import backend_names
 
 STRATEGIES: dict[str, dict[str, Any]] = {
@@ -76,13 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        report = bench_service(args)
-    except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as exc:
-        print(f"glore bench service: {exc}", file=sys.stderr)
+    report = measured("service", bench_service, args)
+    if report is None:
         return 1
-    paths = write_reports(report, args.out)
-    print("wrote " + ", ".join(str(p) for p in paths))
+    say_wrote(write_reports(report, args.out))
     return 0
 
 

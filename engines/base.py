@@ -178,6 +178,37 @@ StepScorer = Scorer
 OutcomeScorer = Scorer
 
 
+class ByRole:
+    """The five roles' engines as properties (the pipeline's `Engines`), for a class that says
+    which `generator` and which `scorer` serves a role."""
+
+    def generator(self, role: Role) -> Generator:
+        raise NotImplementedError
+
+    def scorer(self, role: Role) -> Scorer:
+        raise NotImplementedError
+
+    @property
+    def policy(self) -> Generator:
+        return self.generator(Role.POLICY)
+
+    @property
+    def refine_global(self) -> Generator:
+        return self.generator(Role.REFINE_GLOBAL)
+
+    @property
+    def refine_local(self) -> Generator:
+        return self.generator(Role.REFINE_LOCAL)
+
+    @property
+    def orm(self) -> Scorer:
+        return self.scorer(Role.ORM)
+
+    @property
+    def sorm(self) -> Scorer:
+        return self.scorer(Role.SORM)
+
+
 class EngineError(RuntimeError):
     """A model could not serve a call (dead process, out of memory, bad checkpoint, ...)."""
 

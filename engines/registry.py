@@ -17,6 +17,7 @@ from typing import Any
 from engines.backends import backend_row, engine_options
 from engines.base import (
     Backend,
+    ByRole,
     Engine,
     EngineHealth,
     EngineLoadError,
@@ -69,7 +70,7 @@ def _share_key(role: Role, spec: EngineSpec) -> tuple[Any, ...]:
     )
 
 
-class EngineSet:
+class EngineSet(ByRole):
     """The loaded engines by role. Roles may share one engine object."""
 
     def __init__(self, engines: Mapping[Role, Engine], loaded: Iterable[Engine] = ()) -> None:
@@ -101,26 +102,6 @@ class EngineSet:
                 f"no engine loaded for role {Role(role).value}; loaded: "
                 f"{sorted(r.value for r in self._by_role)}"
             ) from None
-
-    @property
-    def policy(self) -> Generator:
-        return self.generator(Role.POLICY)
-
-    @property
-    def refine_global(self) -> Generator:
-        return self.generator(Role.REFINE_GLOBAL)
-
-    @property
-    def refine_local(self) -> Generator:
-        return self.generator(Role.REFINE_LOCAL)
-
-    @property
-    def orm(self) -> Scorer:
-        return self.scorer(Role.ORM)
-
-    @property
-    def sorm(self) -> Scorer:
-        return self.scorer(Role.SORM)
 
     def unique_engines(self) -> list[Engine]:
         """Each loaded engine once, however many roles (or adapter views) it serves."""

@@ -14,7 +14,7 @@ from engines.base import FinishReason
 from routers.deps import SolverDep, StateDep
 from service.errors import ErrorCode, field_error, responses
 from service.logs import request_id_var
-from service.pipeline import PipelineConfig
+from service.pipeline import PipelineConfig, StrategyName
 from service.schemas import (
     ChatChoice,
     ChatChoiceMessage,
@@ -29,7 +29,7 @@ from service.schemas import (
     SolveRequest,
     SolveResponse,
 )
-from service.solver import Solved
+from service.solver import Loc, Solved, Solver
 from service.state import ServiceState
 
 router = APIRouter()
@@ -67,15 +67,30 @@ async def solve(body: SolveRequest, request: Request, solver: SolverDep) -> Solv
         n_loc=["body", "n"],
         tokens_loc=["body", "max_new_tokens"],
     )
-    solved = await solver.run(
+    solved = await _run(solver, request, question, strategy, cfg, timeout_s=body.timeout_s)
+    return _solve_response(solved, cfg, include_trace=body.include_trace)
+
+
+async def _run(
+    solver: Solver,
+    request: Request,
+    question: str,
+    strategy: StrategyName,
+    cfg: PipelineConfig,
+    *,
+    timeout_s: float | None,
+    question_loc: Loc | None = None,
+) -> Solved:
+    """Solve for this HTTP request: cancelled when its client leaves, timed from its admission."""
+    return await solver.run(
         question,
         strategy,
         cfg,
-        timeout_s=body.timeout_s,
+        timeout_s=timeout_s,
         is_disconnected=request.is_disconnected,
         admitted_at=getattr(request.state, "admitted_at", None),
+        question_loc=question_loc,
     )
-    return _solve_response(solved, cfg, include_trace=body.include_trace)
 
 
 def _solve_response(solved: Solved, cfg: PipelineConfig, *, include_trace: bool) -> SolveResponse:
@@ -133,13 +148,13 @@ async def chat_completions(
         n_loc=["body", "num_samples"],
         tokens_loc=["body", tokens_field],
     )
-    solved = await solver.run(
+    solved = await _run(
+        solver,
+        request,
         question,
         strategy,
         cfg,
         timeout_s=body.timeout_s,
-        is_disconnected=request.is_disconnected,
-        admitted_at=getattr(request.state, "admitted_at", None),
         question_loc=question_loc,
     )
     winner = solved.solution.winner.candidate

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from engines.base import (
+    ByRole,
     Completion,
     Engine,
     EngineError,
@@ -112,7 +113,7 @@ class _KillableScorer(_Killable):
         return await self._call(inner.score(requests))
 
 
-class FaultInjector:
+class FaultInjector(ByRole):
     """An engine set whose engines can be killed one at a time (roles sharing one die together)."""
 
     def __init__(self, engines: ServedEngines) -> None:
@@ -124,32 +125,12 @@ class FaultInjector:
             wrapper = _KillableScorer if role.is_scorer else _KillableGenerator
             self._by_role[role] = by_engine.setdefault(id(engine), wrapper(engine))
 
-    @property
-    def policy(self) -> Generator:
-        return self._generator(Role.POLICY)
-
-    @property
-    def refine_global(self) -> Generator:
-        return self._generator(Role.REFINE_GLOBAL)
-
-    @property
-    def refine_local(self) -> Generator:
-        return self._generator(Role.REFINE_LOCAL)
-
-    @property
-    def orm(self) -> Scorer:
-        return self._scorer(Role.ORM)
-
-    @property
-    def sorm(self) -> Scorer:
-        return self._scorer(Role.SORM)
-
-    def _generator(self, role: Role) -> Generator:
+    def generator(self, role: Role) -> Generator:
         engine = self._by_role[role]
         assert isinstance(engine, _KillableGenerator)
         return engine
 
-    def _scorer(self, role: Role) -> Scorer:
+    def scorer(self, role: Role) -> Scorer:
         engine = self._by_role[role]
         assert isinstance(engine, _KillableScorer)
         return engine

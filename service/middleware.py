@@ -172,24 +172,26 @@ class AdmissionMiddleware:
             return
         state, limits = self.state, self.state.settings.limits
         retry = {"Retry-After": str(limits.retry_after_s)}
+
+        async def refuse(
+            code: ErrorCode, message: str, headers: dict[str, str] | None = None
+        ) -> None:
+            await state.error_response(code, message, headers=headers)(scope, receive, send)
+
         if state.draining:
-            response = state.error_response(
-                ErrorCode.SHUTTING_DOWN, "server is shutting down", headers=retry
-            )
-            await response(scope, receive, send)
+            await refuse(ErrorCode.SHUTTING_DOWN, "server is shutting down", retry)
             return
         try:
             body = await asyncio.wait_for(_read_body(receive), limits.body_timeout_s)
         except TimeoutError:
-            response = state.error_response(
+            await refuse(
                 ErrorCode.REQUEST_TIMEOUT,
                 f"the request body did not arrive within {limits.body_timeout_s:g} s",
             )
-            await response(scope, receive, send)
             return
         except HTTPException as exc:  # the body limit, raised while reading
             code = ErrorCode.PAYLOAD_TOO_LARGE if exc.status_code == 413 else ErrorCode.BAD_REQUEST
-            await state.error_response(code, str(exc.detail))(scope, receive, send)
+            await refuse(code, str(exc.detail))
             return
         if body is None:
             return  # the client left before sending its body: nobody to answer
@@ -203,19 +205,15 @@ class AdmissionMiddleware:
             try:
                 await admission.acquire(weight, limits.request_timeout_s)
             except Refused as exc:
-                response = state.error_response(
-                    ErrorCode.OVERLOADED,
-                    exc.message,
-                    headers={"Retry-After": str(exc.retry_after_s)},
+                await refuse(
+                    ErrorCode.OVERLOADED, exc.message, {"Retry-After": str(exc.retry_after_s)}
                 )
-                await response(scope, receive, send)
                 return
             except TimeoutError:
-                response = state.error_response(
+                await refuse(
                     ErrorCode.TIMEOUT,
                     f"the request waited {limits.request_timeout_s:g} s in line; it was not run",
                 )
-                await response(scope, receive, send)
                 return
             state.metrics.in_flight.inc()
             start = time.perf_counter()

@@ -62,29 +62,38 @@ def reward_example(
 
 def collate_sft(batch: Sequence[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; padding is masked out of attention and loss."""
-    n = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), n), dtype=torch.long)
-    for i, e in enumerate(batch):
-        t = len(e.input_ids)
-        ids[i, :t] = torch.tensor(e.input_ids)
-        labels[i, :t] = torch.tensor(e.labels)
-        mask[i, :t] = 1
+    ids, mask, labels = _right_padded(
+        [e.input_ids for e in batch], [e.labels for e in batch], pad_id, IGNORE, torch.long
+    )
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def collate_reward(batch: Sequence[RewardExample], pad_id: int) -> dict[str, torch.Tensor]:
-    n = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    targets = torch.full((len(batch), n), math.nan)
-    mask = torch.zeros((len(batch), n), dtype=torch.long)
-    for i, e in enumerate(batch):
-        t = len(e.input_ids)
-        ids[i, :t] = torch.tensor(e.input_ids)
-        targets[i, :t] = torch.tensor(e.targets)
-        mask[i, :t] = 1
+    ids, mask, targets = _right_padded(
+        [e.input_ids for e in batch], [e.targets for e in batch], pad_id, math.nan, None
+    )
     return {"input_ids": ids, "attention_mask": mask, "targets": targets}
+
+
+def _right_padded(
+    ids: Sequence[Sequence[int]],
+    values: Sequence[Sequence[float]],
+    pad_id: int,
+    fill: float,
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids padded with `pad_id`, their attention mask, and one value per token (`fill`
+    past the end, in `dtype`; None: torch's default float)."""
+    n = max(len(row) for row in ids)
+    id_t = torch.full((len(ids), n), pad_id, dtype=torch.long)
+    value_t = torch.full((len(ids), n), fill, dtype=dtype)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for i, (row, vals) in enumerate(zip(ids, values, strict=True)):
+        t = len(row)
+        id_t[i, :t] = torch.tensor(row)
+        value_t[i, :t] = torch.tensor(vals)
+        mask[i, :t] = 1
+    return id_t, mask, value_t
 
 
 def reward_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -90,6 +90,43 @@ def _keep_count(n_fix: int, n_available: int, keep_share: float) -> int:
     return min(want, n_available)
 
 
+@dataclass(frozen=True)
+class _Sources:
+    """What a pair may draw on: the questions, their correct drafts, and the pairs' one rng."""
+
+    problems: Mapping[str, HasSolution]
+    correct: Mapping[str, list[DraftRollout]]
+    rng: random.Random
+    use_reference: bool
+
+    def question(self, r: DraftRollout) -> str:
+        return self.problems[r.problem_id].question
+
+    def solution(self, problem_id: str) -> tuple[str, ...] | None:
+        return _a_correct_solution(
+            problem_id, self.correct, self.problems, self.rng, self.use_reference
+        )
+
+
+def _pairs(
+    rollouts: Sequence[DraftRollout],
+    problems: Mapping[str, HasSolution],
+    fix: Callable[[DraftRollout, _Sources], RefinePair | None],
+    keep: Callable[[DraftRollout, _Sources], RefinePair],
+    *,
+    seed: int,
+    keep_share: float,
+    use_reference: bool = False,
+) -> list[RefinePair]:
+    """A fix pair for each incorrect draft (`fix` gives None where it finds no target), then keep
+    pairs from randomly chosen correct drafts, `keep_share` of all pairs."""
+    src = _Sources(problems, _correct_solutions(rollouts), random.Random(seed), use_reference)
+    fixes = [p for r in rollouts if not r.correct and (p := fix(r, src)) is not None]
+    keep_from = [r for r in rollouts if r.correct]
+    chosen = src.rng.sample(keep_from, _keep_count(len(fixes), len(keep_from), keep_share))
+    return fixes + [keep(r, src) for r in chosen]
+
+
 def global_pairs(
     rollouts: Sequence[DraftRollout],
     problems: Mapping[str, HasSolution],
@@ -99,29 +136,28 @@ def global_pairs(
     use_reference: bool = True,
 ) -> list[RefinePair]:
     """Global refinement pairs: every incorrect draft, paired with a correct solution."""
-    rng = random.Random(seed)
-    correct = _correct_solutions(rollouts)
-    fixes: list[RefinePair] = []
-    for r in rollouts:
-        if r.correct:
-            continue
-        target = _a_correct_solution(r.problem_id, correct, problems, rng, use_reference)
-        if target is None:
-            continue
-        q = problems[r.problem_id].question
-        prompt = global_refine_prompt(q, join_steps(r.steps))
-        fixes.append(RefinePair(r.problem_id, PairKind.FIX, prompt, join_steps(target)))
-    keep_from = [r for r in rollouts if r.correct]
-    keeps = [
-        RefinePair(
-            r.problem_id,
-            PairKind.KEEP,
-            global_refine_prompt(problems[r.problem_id].question, join_steps(r.steps)),
-            join_steps(r.steps),
-        )
-        for r in rng.sample(keep_from, _keep_count(len(fixes), len(keep_from), keep_share))
-    ]
-    return fixes + keeps
+    return _pairs(
+        rollouts,
+        problems,
+        _global_fix,
+        _global_keep,
+        seed=seed,
+        keep_share=keep_share,
+        use_reference=use_reference,
+    )
+
+
+def _global_fix(r: DraftRollout, src: _Sources) -> RefinePair | None:
+    target = src.solution(r.problem_id)
+    if target is None:
+        return None
+    prompt = global_refine_prompt(src.question(r), join_steps(r.steps))
+    return RefinePair(r.problem_id, PairKind.FIX, prompt, join_steps(target))
+
+
+def _global_keep(r: DraftRollout, src: _Sources) -> RefinePair:
+    prompt = global_refine_prompt(src.question(r), join_steps(r.steps))
+    return RefinePair(r.problem_id, PairKind.KEEP, prompt, join_steps(r.steps))
 
 
 def local_pairs(
@@ -139,50 +175,41 @@ def local_pairs(
     positive). When b == 0 nothing is worth keeping and the target is a whole correct solution.
     Keep pairs mark a random step of a correct draft and target the draft's own remaining steps.
     """
-    rng = random.Random(seed)
-    correct = _correct_solutions(rollouts)
-    fixes: list[RefinePair] = []
-    for r in rollouts:
-        if r.correct:
-            continue
-        labels = propagate_positives(vstar_labels(r))
-        bad = first_bad_step(labels)
-        if bad is None:  # an incorrect draft's last step is always negative; defensive
-            continue
-        q = problems[r.problem_id].question
-        prompt = local_refine_prompt(q, join_steps(r.steps), bad).prompt
-        if bad == 0:
-            whole = _a_correct_solution(r.problem_id, correct, problems, rng, use_reference)
-            if whole is None:
-                continue
-            target = join_steps(whole)
-        else:
-            cont = r.continuations[bad - 1] if r.continuations else None
-            if not cont or not split_steps(cont):
-                continue
-            target = join_steps(split_steps(cont))
-        fixes.append(RefinePair(r.problem_id, PairKind.FIX, prompt, target))
-    return fixes + _local_keeps(rollouts, problems, rng, len(fixes), keep_share)
+    return _pairs(
+        rollouts,
+        problems,
+        _vstar_fix,
+        _local_keep,
+        seed=seed,
+        keep_share=keep_share,
+        use_reference=use_reference,
+    )
 
 
-def _local_keeps(
-    drafts: Sequence[DraftRollout],
-    problems: Mapping[str, HasSolution],
-    rng: random.Random,
-    n_fix: int,
-    keep_share: float,
-) -> list[RefinePair]:
-    """Keep pairs for the local refiner: a random step of a correct draft is marked, and the
-    target is the draft's own remaining steps."""
-    keep_from = [r for r in drafts if r.correct]
-    keeps = []
-    for r in rng.sample(keep_from, _keep_count(n_fix, len(keep_from), keep_share)):
-        mark = rng.randrange(len(r.steps))
-        local = local_refine_prompt(problems[r.problem_id].question, join_steps(r.steps), mark)
-        keeps.append(
-            RefinePair(r.problem_id, PairKind.KEEP, local.prompt, join_steps(r.steps[mark:]))
-        )
-    return keeps
+def _vstar_fix(r: DraftRollout, src: _Sources) -> RefinePair | None:
+    bad = first_bad_step(propagate_positives(vstar_labels(r)))
+    if bad is None:  # an incorrect draft's last step is always negative; defensive
+        return None
+    prompt = local_refine_prompt(src.question(r), join_steps(r.steps), bad).prompt
+    if bad == 0:
+        whole = src.solution(r.problem_id)
+        if whole is None:
+            return None
+        target = join_steps(whole)
+    else:
+        cont = r.continuations[bad - 1] if r.continuations else None
+        if not cont or not split_steps(cont):
+            return None
+        target = join_steps(split_steps(cont))
+    return RefinePair(r.problem_id, PairKind.FIX, prompt, target)
+
+
+def _local_keep(r: DraftRollout, src: _Sources) -> RefinePair:
+    """A random step of a correct draft is marked; the target is the draft's own remaining
+    steps."""
+    mark = src.rng.randrange(len(r.steps))
+    local = local_refine_prompt(src.question(r), join_steps(r.steps), mark)
+    return RefinePair(r.problem_id, PairKind.KEEP, local.prompt, join_steps(r.steps[mark:]))
 
 
 def _shared_prefix(a: Sequence[str], b: Sequence[str]) -> int:
@@ -208,18 +235,16 @@ def sibling_local_pairs(
     sibling's remaining steps. (On the tiny preset's extra drafts this first departure is the
     exact first error for 83% of them.) Keep pairs are as in `local_pairs`.
     """
-    rng = random.Random(seed)
-    correct = _correct_solutions(drafts)
-    fixes: list[RefinePair] = []
-    for r in drafts:
-        siblings = correct.get(r.problem_id)
-        if r.correct or not siblings or not r.steps:
-            continue
-        best = max(siblings, key=lambda s: _shared_prefix(r.steps, s.steps))
-        bad = min(_shared_prefix(r.steps, best.steps), len(r.steps) - 1)
-        if bad >= len(best.steps):
-            continue
-        q = problems[r.problem_id].question
-        prompt = local_refine_prompt(q, join_steps(r.steps), bad).prompt
-        fixes.append(RefinePair(r.problem_id, PairKind.FIX, prompt, join_steps(best.steps[bad:])))
-    return fixes + _local_keeps(drafts, problems, rng, len(fixes), keep_share)
+    return _pairs(drafts, problems, _sibling_fix, _local_keep, seed=seed, keep_share=keep_share)
+
+
+def _sibling_fix(r: DraftRollout, src: _Sources) -> RefinePair | None:
+    siblings = src.correct.get(r.problem_id)
+    if not siblings or not r.steps:
+        return None
+    best = max(siblings, key=lambda s: _shared_prefix(r.steps, s.steps))
+    bad = min(_shared_prefix(r.steps, best.steps), len(r.steps) - 1)
+    if bad >= len(best.steps):
+        return None
+    prompt = local_refine_prompt(src.question(r), join_steps(r.steps), bad).prompt
+    return RefinePair(r.problem_id, PairKind.FIX, prompt, join_steps(best.steps[bad:]))

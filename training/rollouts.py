@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,28 +174,35 @@ def rollout_shard(
     found: dict[tuple[int, int], Successes] = {}
     for (d, i), comps in zip(prefixes, outs, strict=True):
         found[(id(d), i)] = count_successes(d.problem, d.steps[: i + 1], comps)
-    rows = []
-    for d in drafts:
-        check = check_solution(d.problem, d.steps)
-        last = cfg.k if check.answer_correct else 0
-        per_step = [found[(id(d), i)] for i in range(len(d.steps) - 1)]
-        rows.append(
-            DraftRollout(
-                problem_id=d.problem.id,
-                draft_index=d.index,
-                steps=d.steps,
-                answer=check.answer,
-                correct=check.answer_correct,
-                finish_reason=d.finish_reason,
-                prefix_ok=check.prefix_ok,
-                successes=(*(f.hits for f in per_step), last),
-                k=cfg.k,
-                continuations=(*(f.example for f in per_step), None),
-                consistent_successes=(*(f.consistent for f in per_step), last),
-                samples=(*(f.samples for f in per_step), ()),
-            )
-        )
+    rows = [_row(d, cfg.k, [found[(id(d), i)] for i in range(len(d.steps) - 1)]) for d in drafts]
     return rows, empty
+
+
+def _row(d: Draft, k: int, per_step: Sequence[Successes] | None = None) -> DraftRollout:
+    """The draft's row: its exact check and, for each step but the last, what its continuations
+    reached (`per_step`); with none sampled, the draft's own outcome stands at every step."""
+    check = check_solution(d.problem, d.steps)
+    last = k if check.answer_correct else 0
+    row = DraftRollout(
+        problem_id=d.problem.id,
+        draft_index=d.index,
+        steps=d.steps,
+        answer=check.answer,
+        correct=check.answer_correct,
+        finish_reason=d.finish_reason,
+        prefix_ok=check.prefix_ok,
+        successes=(last,) * len(d.steps),
+        k=k,
+    )
+    if per_step is None:
+        return row
+    return replace(
+        row,
+        successes=(*(f.hits for f in per_step), last),
+        continuations=(*(f.example for f in per_step), None),
+        consistent_successes=(*(f.consistent for f in per_step), last),
+        samples=(*(f.samples for f in per_step), ()),
+    )
 
 
 def heldout_rows(
@@ -211,23 +218,7 @@ def heldout_rows(
     extra outcome-labelled ORM data (outcome labels need no V* sampling)."""
     n = cfg.heldout_drafts if drafts_per_question is None else drafts_per_question
     drafts, _ = _drafts(gen, problems, cfg, n, seed, max_new_tokens, True)
-    rows = []
-    for d in drafts:
-        check = check_solution(d.problem, d.steps)
-        rows.append(
-            DraftRollout(
-                problem_id=d.problem.id,
-                draft_index=d.index,
-                steps=d.steps,
-                answer=check.answer,
-                correct=check.answer_correct,
-                finish_reason=d.finish_reason,
-                prefix_ok=check.prefix_ok,
-                successes=tuple([cfg.k if check.answer_correct else 0] * len(d.steps)),
-                k=cfg.k,
-            )
-        )
-    return rows
+    return [_row(d, cfg.k) for d in drafts]
 
 
 def _plan(directory: Path, problems: Sequence[Problem], per_shard: int) -> list[list[str]]:

@@ -7,15 +7,14 @@ read here, in one batched call to the policy, only when the reranker needs them.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import replace
 
-from engines.base import ContextLengthError, Generator, LikelihoodRequest, Scorer, TokenLogprobs
+from engines.base import ContextLengthError, Generator, LikelihoodRequest, Scorer
 from engines.reranker import ORM_RERANKER, Reranker
 from engines.text import join_steps, policy_prompt
-from service.pipeline.score import drop_too_long, score, unscored
+from service.pipeline.score import drop_too_long, read_each, score, unscored
 from service.pipeline.types import Candidate, CandidateKind, Dropped, Scored, Stage
 
 
@@ -32,7 +31,7 @@ async def rank(
     if todo:
         prompt = policy_prompt(question)
         requests = [LikelihoodRequest(prompt, join_steps(scored[i].candidate.steps)) for i in todo]
-        for i, read in zip(todo, await _read_all(policy, requests), strict=True):
+        for i, read in zip(todo, await read_each(policy.logprobs, requests), strict=True):
             if isinstance(read, ContextLengthError):
                 out[i] = replace(out[i], too_long=str(read))
             else:
@@ -43,27 +42,6 @@ async def rank(
         else replace(s, rank_score=reranker.score(s.readings))
         for s in out
     ]
-
-
-async def _read_one(
-    policy: Generator, request: LikelihoodRequest
-) -> TokenLogprobs | ContextLengthError:
-    try:
-        [read] = await policy.logprobs([request])
-    except ContextLengthError as exc:
-        return exc
-    return read
-
-
-async def _read_all(
-    policy: Generator, requests: list[LikelihoodRequest]
-) -> Sequence[TokenLogprobs | ContextLengthError]:
-    try:
-        return await policy.logprobs(requests)
-    except ContextLengthError:
-        # One does not fit: read them one by one so the others still count (the engine's
-        # micro-batcher merges the calls into one forward pass again).
-        return await asyncio.gather(*(_read_one(policy, r) for r in requests))
 
 
 def keep_readable(scored: Sequence[Scored], stage: Stage) -> tuple[list[Scored], list[Dropped]]:

@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from engines.base import ContextLengthError, Scorer, ScoreRequest, StepScores
 from service.pipeline.types import Candidate, Dropped, Scored, Stage
 
+R = TypeVar("R")
+T = TypeVar("T")
 
-async def _one(scorer: Scorer, request: ScoreRequest) -> StepScores | ContextLengthError:
+
+async def read_each(
+    read: Callable[[list[R]], Awaitable[Sequence[T]]], requests: list[R]
+) -> Sequence[T | ContextLengthError]:
+    """`read` (a model's batched call) on `requests`: each one's result, or the engine's
+    ContextLengthError for one whose input does not fit."""
     try:
-        [scores] = await scorer.score([request])
+        return await read(requests)
+    except ContextLengthError:
+        # One of them does not fit: ask again one by one, so the others still get read (the
+        # engine's micro-batcher merges the calls into one forward pass again).
+        return await asyncio.gather(*(_read_one(read, r) for r in requests))
+
+
+async def _read_one(
+    read: Callable[[list[R]], Awaitable[Sequence[T]]], request: R
+) -> T | ContextLengthError:
+    try:
+        [result] = await read([request])
     except ContextLengthError as exc:
         return exc
-    return scores
+    return result
 
 
 async def _score_all(
@@ -29,14 +48,7 @@ async def _score_all(
     out: list[StepScores | ContextLengthError | None] = [None] * len(candidates)
     if not requests:
         return out
-    results: Sequence[StepScores | ContextLengthError]
-    try:
-        results = await scorer.score(requests)
-    except ContextLengthError:
-        # One of them does not fit: ask again one by one, so the others still get read (the
-        # engine's micro-batcher merges the calls into one forward pass again).
-        results = await asyncio.gather(*(_one(scorer, r) for r in requests))
-    for i, result in zip(todo, results, strict=True):
+    for i, result in zip(todo, await read_each(scorer.score, requests), strict=True):
         out[i] = result
     return out
 

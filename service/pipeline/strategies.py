@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 
-from engines.base import Role
+from engines.base import Role, Scorer
 from service.pipeline.decide import decide
 from service.pipeline.draft import draft_solution, sample_solutions
 from service.pipeline.refine import refine
@@ -69,21 +69,52 @@ async def solve(
     return await get_strategy(strategy)(question, engines, cfg)
 
 
+# What the strategies that never refine decide.
+_KEPT = Plan(Action.KEEP, Reason.NO_REFINEMENT)
+
+
+def _solution(
+    name: StrategyName,
+    winner: Scored,
+    candidates: list[Scored],
+    plan: Plan,
+    timings: dict[Stage, float],
+    generated: list[Candidate],
+    *,
+    votes: dict[str, int] | None = None,
+    dropped: list[Dropped] | None = None,
+) -> Solution:
+    """The strategy's solution, with the tokens of what it `generated` counted by role."""
+    solution = Solution(
+        name, winner, candidates, plan, timings, votes=votes, dropped=list(dropped or [])
+    )
+    count_tokens(solution.tokens, generated)
+    return solution
+
+
+async def _draft(
+    question: str,
+    engines: Engines,
+    cfg: PipelineConfig,
+    timings: dict[Stage, float],
+    sorm: Scorer | None = None,
+) -> tuple[Candidate, Scored]:
+    """The policy's greedy draft and the ORM's (and, when given, the SORM's) reading of it."""
+    with timed(timings, Stage.DRAFT):
+        draft = await draft_solution(question, engines.policy, cfg)
+    with timed(timings, Stage.SCORE):
+        [read] = await score(question, [draft], engines.orm, sorm)
+    return draft, read
+
+
 @register(StrategyName.GREEDY)
 async def greedy(question: str, engines: Engines, cfg: PipelineConfig) -> Solution:
     """The policy's greedy draft, as is (the ORM score is reported, not acted on)."""
     timings: dict[Stage, float] = {}
-    with timed(timings, Stage.DRAFT):
-        draft = await draft_solution(question, engines.policy, cfg)
-    with timed(timings, Stage.SCORE):
-        [read] = await score(question, [draft], engines.orm)
+    draft, read = await _draft(question, engines, cfg, timings)
     # The ORM's score is only reported: a draft it cannot read is served unscored.
     scored = [read if read.too_long is None else unscored(read)]
-    solution = Solution(
-        StrategyName.GREEDY, scored[0], scored, Plan(Action.KEEP, Reason.NO_REFINEMENT), timings
-    )
-    count_tokens(solution.tokens, [draft])
-    return solution
+    return _solution(StrategyName.GREEDY, scored[0], scored, _KEPT, timings, [draft])
 
 
 @register(StrategyName.BEST_OF_N)
@@ -99,16 +130,9 @@ async def best_of_n(question: str, engines: Engines, cfg: PipelineConfig) -> Sol
             await rank(question, readable, engines.policy, cfg.reranker), Stage.RERANK
         )
         winner = pick(scored)
-    solution = Solution(
-        StrategyName.BEST_OF_N,
-        winner,
-        scored,
-        Plan(Action.KEEP, Reason.NO_REFINEMENT),
-        timings,
-        dropped=[*dropped, *unread],
+    return _solution(
+        StrategyName.BEST_OF_N, winner, scored, _KEPT, timings, samples, dropped=[*dropped, *unread]
     )
-    count_tokens(solution.tokens, samples)
-    return solution
 
 
 def majority_vote(samples: Sequence[Candidate]) -> tuple[int | None, dict[str, int]]:
@@ -136,16 +160,15 @@ async def self_consistency(question: str, engines: Engines, cfg: PipelineConfig)
     with timed(timings, Stage.RERANK):
         winner, votes = majority_vote(samples)
     scored = [Scored(s, None) for s in samples]
-    solution = Solution(
+    return _solution(
         StrategyName.SELF_CONSISTENCY,
         scored[winner or 0],
         scored,
-        Plan(Action.KEEP, Reason.NO_REFINEMENT),
+        _KEPT,
         timings,
+        samples,
         votes=votes,
     )
-    count_tokens(solution.tokens, samples)
-    return solution
 
 
 async def _draft_and_refine(
@@ -159,17 +182,12 @@ async def _draft_and_refine(
     timings: dict[Stage, float] = {}
     # The SORM only matters where a local critique must be placed.
     sorm = engines.sorm if CandidateKind.LOCAL in kinds else None
-    with timed(timings, Stage.DRAFT):
-        draft = await draft_solution(question, engines.policy, cfg)
-    with timed(timings, Stage.SCORE):
-        [read] = await score(question, [draft], engines.orm, sorm)
+    draft, read = await _draft(question, engines, cfg, timings, sorm)
     if read.orm is None and read.too_long is not None:
         # Nothing can judge this draft, and a refinement prompt (which holds it) would not fit
         # either: it is served as it is, unscored, and the decision says why.
         plan = Plan(Action.KEEP, Reason.DRAFT_TOO_LONG)
-        solution = Solution(name, unscored(read), [unscored(read)], plan, timings)
-        count_tokens(solution.tokens, [draft])
-        return solution
+        return _solution(name, unscored(read), [unscored(read)], plan, timings, [draft])
     # Here the ORM has read the draft; `too_long` can only say that the SORM could not.
     sorm_refused, read = read.too_long, replace(read, too_long=None)
     dropped: list[Dropped] = []
@@ -184,11 +202,15 @@ async def _draft_and_refine(
         winner, candidates, not_ranked = await rerank(
             question, [read], refinements, engines.orm, engines.policy, cfg.reranker
         )
-    solution = Solution(
-        name, winner, candidates, plan, timings, dropped=[*dropped, *not_refined, *not_ranked]
+    return _solution(
+        name,
+        winner,
+        candidates,
+        plan,
+        timings,
+        [draft, *refinements],
+        dropped=[*dropped, *not_refined, *not_ranked],
     )
-    count_tokens(solution.tokens, [draft, *refinements])
-    return solution
 
 
 @register(StrategyName.GLORE)

@@ -3,13 +3,15 @@ reward model on labelled drafts. Each stage builds its own labels (training.vsta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from engines.base import Role
 from training.config import OrmConfig, SormConfig
-from training.graph import Run, dig
+from training.graph import Report, Run, StageSpec, dig
 from training.modeling import load_reward_model
 from training.reward import evaluate_scorer, fit_reward, reward_examples
 from training.rollouts import read_heldout, read_rollouts
@@ -69,3 +71,16 @@ def summary(role: Role, entry: dict[str, Any]) -> dict[str, Any]:
         f"{role}_outcome_auc": dig(entry, "metrics", "heldout", "outcome_auc"),
         f"{role}_step_auc": dig(entry, "metrics", "heldout", "step_auc"),
     }
+
+
+def spec(role: Role, run: Callable[[Run, int], Report]) -> StageSpec:
+    """The stage that fits `role`'s reward model on the rollouts: its config section is the
+    role's, and so is its name."""
+    return StageSpec(
+        name=role.value,
+        sections=(role.value,),
+        upstream=("rollouts",),
+        outputs=(role,),
+        run=run,
+        summary=partial(summary, role),
+    )

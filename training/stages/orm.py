@@ -5,11 +5,10 @@ widen; the paper samples far more ORM drafts than SORM ones)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from engines.base import Role
 from training import generation
-from training.graph import Report, Run, StageSpec, checkpoint_hash, file_hash
+from training.graph import Report, Run, checkpoint_hash, file_hash
 from training.rollouts import heldout_rows, read_jsonl, shard_seed, write_jsonl_atomic
 from training.stages import _reward
 from training.vstar import DraftRollout, orm_examples
@@ -68,15 +67,4 @@ def read_extra_drafts(run: Run) -> list[DraftRollout]:
     return [DraftRollout.from_dict(d) for d in read_jsonl(path)]
 
 
-def summary(entry: dict[str, Any]) -> dict[str, Any]:
-    return _reward.summary(Role.ORM, entry)
-
-
-SPEC = StageSpec(
-    name="orm",
-    sections=("orm",),
-    upstream=("rollouts",),
-    outputs=(Role.ORM,),
-    run=stage_orm,
-    summary=summary,
-)
+SPEC = _reward.spec(Role.ORM, stage_orm)

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from engines.base import Role
-from training.graph import Report, Run, StageSpec, checkpoint_hash
+from training.graph import Report, Run, checkpoint_hash
 from training.stages import _reward
 from training.vstar import sorm_examples
 
@@ -36,15 +36,4 @@ def stage_sorm(run: Run, seed: int) -> Report:
     }
 
 
-def summary(entry: dict[str, Any]) -> dict[str, Any]:
-    return _reward.summary(Role.SORM, entry)
-
-
-SPEC = StageSpec(
-    name="sorm",
-    sections=("sorm",),
-    upstream=("rollouts",),
-    outputs=(Role.SORM,),
-    run=stage_sorm,
-    summary=summary,
-)
+SPEC = _reward.spec(Role.SORM, stage_sorm)

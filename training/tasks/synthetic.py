@@ -134,14 +134,9 @@ def _part(words: tuple[str, ...], n: int, held_out: bool, knob: str) -> list[str
     return list(words[n:])
 
 
-@dataclass
-class _Step:
+@dataclass(kw_only=True)
+class _Step(wide.Step):
     sentence: str
-    line: str
-    op: Operation
-    a: int
-    b: int
-    c: int
 
 
 class _Builder:

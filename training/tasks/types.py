@@ -270,10 +270,7 @@ class TaskConfig:
             raise ValueError(
                 f"TaskConfig.max_value ({self.max_value}) must be >= start_max ({self.start_max})"
             )
-        for p in ("derive_prob", "combine_prob"):
-            value = getattr(self, p)
-            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"TaskConfig.{p} must be a probability in [0, 1], got {value!r}")
+        self._check_probabilities("derive_prob", "combine_prob")
         if self.family not in FAMILIES:
             raise ValueError(
                 f"TaskConfig.family must be one of {list(FAMILIES)}, got {self.family!r}"
@@ -282,13 +279,16 @@ class TaskConfig:
             raise ValueError(
                 f"TaskConfig.part must be one of {list(TASK_PARTS)}, got {self.part!r}"
             )
-        for p in ("pronoun_prob", "clause_prob", "total_prob", "group_prob"):
-            value = getattr(self, p)
-            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"TaskConfig.{p} must be a probability in [0, 1], got {value!r}")
+        self._check_probabilities("pronoun_prob", "clause_prob", "total_prob", "group_prob")
         for key, floor in (("n_templates", 1), ("n_names", 2), ("n_objects", 1)):
             if getattr(self, key) < floor:
                 raise ValueError(f"TaskConfig.{key} must be at least {floor}")
+
+    def _check_probabilities(self, *names: str) -> None:
+        for p in names:
+            value = getattr(self, p)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"TaskConfig.{p} must be a probability in [0, 1], got {value!r}")
 
     # ------------------------------------------------------------ presets
 

@@ -252,7 +252,9 @@ def _capital(sentence: str) -> str:
 
 
 @dataclass
-class _Step:
+class Step:
+    """One step of a problem: its solution line, and the operation it does on a and b."""
+
     line: str
     op: Operation
     a: int
@@ -278,7 +280,7 @@ class _Builder:
         self.used: set[str] = set()  # everyone named so far (recipients are never reused)
         self.focus = ""
         self.sentences: list[str] = []
-        self.steps: list[_Step] = []
+        self.steps: list[Step] = []
         self.last_subject = ""  # whom the last sentence was about, for pronouns
         self.last_named: set[str] = set()
         self.ops = [Operation(o) for o in cfg.operations]
@@ -333,7 +335,7 @@ class _Builder:
         self.values[who] = c
         self.focus = who
         text = line.format(p=who, a=a, op=op.value, b=b, c=c, obj=self.obj)
-        self.steps.append(_Step(text, op, a, b, c))
+        self.steps.append(Step(text, op, a, b, c))
 
     # ---------------------------------------------------------------- sentences
 
@@ -479,7 +481,7 @@ class _Builder:
         first, second = (p, other) if self.rng.random() < 0.5 else (other, p)
         line = STEP_TOTAL.format(p=first, q=second, a=self.values[first], op="+",
                                  b=self.values[second], c=a + b, obj=self.obj)  # fmt: skip
-        self.steps.append(_Step(line, ADD, self.values[first], self.values[second], a + b))
+        self.steps.append(Step(line, ADD, self.values[first], self.values[second], a + b))
         return _capital(text.format(a=first, b=second, obj=self.obj))
 
 
