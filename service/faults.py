@@ -81,6 +81,11 @@ class _Killable:
         died = asyncio.ensure_future(self.killed.wait())
         try:
             await asyncio.wait({call, died}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # The caller was cancelled (a client hung up, a timeout): the call is a task of its
+            # own, so it must be cancelled too, or the engine goes on with work nobody awaits.
+            call.cancel()
+            raise
         finally:
             died.cancel()
         if call.done():
