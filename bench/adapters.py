@@ -192,7 +192,6 @@ def bench_adapters(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
         },
         "host": _host() | {"loadavg_before": os.getloadavg()},
-        "accuracy": accuracy(args.full_eval, args.adapters_eval),
         "backends": {},
     }
     for backend in backends:
@@ -222,6 +221,8 @@ def bench_adapters(args: argparse.Namespace) -> dict[str, Any]:
             "summary": {k: summarise_sessions(v) for k, v in sessions.items()},
         }
     report["host"]["loadavg_after"] = os.getloadavg()
+    # Read last: an evaluation may still be writing its report while the servers are measured.
+    report["accuracy"] = accuracy(args.full_eval, args.adapters_eval)
     return report
 
 
@@ -287,6 +288,9 @@ def accuracy(full: Path | None, adapters: Path | None) -> dict[str, Any]:
     records cover the same questions, a paired count per method: right in one run only."""
     if full is None or adapters is None:
         return {"measured": False, "note": "not measured: pass --full-eval and --adapters-eval"}
+    missing = [str(p) for p in (full, adapters) if not p.is_file()]
+    if missing:
+        return {"measured": False, "note": f"not measured: no eval report at {', '.join(missing)}"}
     from bench.service import relative_path
 
     reports = {k: json.loads(p.read_text()) for k, p in (("full", full), ("adapters", adapters))}
