@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="JSON engine options for every role (default: as `glore bench service`)",
     )
+    parser.add_argument(
+        "--serving-from",
+        type=Path,
+        default=None,
+        help="a bench-adapters.json whose serving figures to keep: start no server, only read "
+        "the eval reports again (an evaluation finished after the servers were measured)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,6 +163,11 @@ def _session(
 def bench_adapters(args: argparse.Namespace) -> dict[str, Any]:
     from bench.live import backend_env
     from bench.service import STRATEGIES, VLLM_OPTIONS, _host, questions, relative_path
+
+    if args.serving_from is not None:
+        kept: dict[str, Any] = json.loads(args.serving_from.read_text())
+        kept["accuracy"] = accuracy(args.full_eval, args.adapters_eval)
+        return kept
 
     runs = {"full": args.full, "adapters": args.adapters}
     for name, path in runs.items():
@@ -302,6 +314,8 @@ def accuracy(full: Path | None, adapters: Path | None) -> dict[str, Any]:
             for k, r in reports.items()
         },
         "methods": {},
+        # Each refiner's fixes and breaks of the drafts it rewrote (how.refiners).
+        "refiners": {k: r.get("how", {}).get("refiners") for k, r in reports.items()},
     }
     for method in METHODS:
         row = {}
@@ -396,6 +410,17 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{row['difference']:+.3f} | {paired.get('full_only', '–')} | "
                 f"{paired.get('adapters_only', '–')} |"
             )
+        for name in ("global", "local"):
+            cells = []
+            for k in RUNS:
+                f = (acc.get("refiners", {}).get(k) or {}).get(name)
+                if f:
+                    cells.append(
+                        f"{k} fixes {f['fixed']} of {f['wrong_drafts']} wrong drafts, breaks "
+                        f"{f['broken']} of {f['right_drafts']} right ones"
+                    )
+            if cells:
+                lines += ["", f"- {name} refiner: " + "; ".join(cells)]
     else:
         lines.append(acc["note"])
     for backend, b in r["backends"].items():

@@ -149,3 +149,23 @@ def test_the_report_holds_the_table_and_no_absolute_paths(tmp_path: Path) -> Non
     # Eval sources outside the repository are shown by their last two parts, never absolute.
     for p in paths:
         assert str(tmp_path) not in p.read_text() and str(ROOT) not in p.read_text()
+
+
+def test_serving_figures_are_kept_when_only_accuracy_is_read_again(tmp_path: Path) -> None:
+    import argparse
+
+    from bench.adapters import add_arguments, bench_adapters
+
+    kept = tmp_path / "bench-adapters.json"
+    kept.write_text(json.dumps({"backends": {"hf": {"x": 1}}, "accuracy": {"measured": False}}))
+    full = _eval(tmp_path / "full", [True, False], [True, True])
+    ada = _eval(tmp_path / "ada", [True, False], [False, True])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    evals = ["--full-eval", str(full), "--adapters-eval", str(ada)]
+    args = parser.parse_args(
+        ["--full", "f", "--adapters", "a", "--serving-from", str(kept), *evals]
+    )
+    report = bench_adapters(args)
+    assert report["backends"] == {"hf": {"x": 1}}
+    assert report["accuracy"]["methods"]["glore"]["paired"]["full_only"] == 1
