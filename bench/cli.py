@@ -1,5 +1,6 @@
 """`glore bench`: engines (HF vs vLLM throughput, one-pass scoring, micro-batching), the live
-service (latency, overhead, batching, cold start, memory) and a soak (load)."""
+service (latency, overhead, batching, cold start, memory), a soak (load) and a full run against
+its refiners-as-adapters twin (adapters)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,18 @@ import importlib
 MODULES = {
     "service": ("bench.service", "a live server: latency, overhead, batching, cold start, memory"),
     "load": ("bench.load", "a soak of a live server: RSS and latency over many requests"),
+    "adapters": (
+        "bench.adapters",
+        "a full run against the same run with refiners as LoRA adapters: accuracy, cold start, "
+        "peak RSS, throughput",
+    ),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", metavar="{engines,service,load}", required=True)
+    sub = parser.add_subparsers(
+        dest="bench", metavar="{engines,service,load,adapters}", required=True
+    )
     p = sub.add_parser(
         "engines",
         help="generation tokens/s (HF, vLLM), one-pass vs per-prefix scoring, micro-batching",

@@ -5,8 +5,10 @@ Reward models are 2-label token-classification heads read at every step tag (eng
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,7 +231,7 @@ class _RunningBatch:
     def step(self) -> dict[int, Completion]:
         gen, torch = self._gen, self._gen._torch
         n = len(self._rows)
-        with torch.inference_mode():
+        with torch.inference_mode(), gen._forward():
             self._mask = torch.cat([self._mask, self._mask.new_ones((n, 1))], dim=1)
             self._positions = self._positions + 1
             logits = gen.model(
@@ -329,6 +331,12 @@ class HFGenerator(_HFEngine):
         options = options or HFOptions()
         # Read by _load_model: every adapter is loaded, unmerged, over the one base model.
         self._adapters = _check_adapters(path, options.lora_adapters, options.adapter)
+        # Shared by the views (with_adapter) and held around every forward pass when adapters
+        # are loaded: peft hands each row's adapter to the LoRA layers through hooks registered
+        # on the shared model for the length of a call, not through the call itself, so the
+        # decoding thread and the log-probability reader must not run the model at once (a
+        # batch of 3 would read the hooks of a batch of 1 and fail).
+        self._forward_lock = threading.Lock()
         super().__init__(path, options, name=name, kind="generator")
         self.adapter = options.adapter
         self.tokenizer.padding_side = "left"
@@ -387,6 +395,10 @@ class HFGenerator(_HFEngine):
             view.name = f"{self.name}+{adapter}"
         return view
 
+    def _forward(self) -> contextlib.AbstractContextManager[Any]:
+        """The context of one forward pass: alone on the model when adapters are loaded."""
+        return self._forward_lock if self._adapters else contextlib.nullcontext()
+
     def _adapter_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
         """Forward-pass arguments naming each row's adapter, when adapters are loaded."""
         if not self._adapters:
@@ -443,7 +455,7 @@ class HFGenerator(_HFEngine):
         for i, (ids, _, _) in enumerate(items):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             mask[i, : len(ids)] = 1
-        with torch.inference_mode():
+        with torch.inference_mode(), self._forward():
             logits = self.model(
                 input_ids=input_ids.to(self.device),
                 attention_mask=mask.to(self.device),
@@ -484,15 +496,16 @@ class HFGenerator(_HFEngine):
         # Left padding: positions count real tokens only, so a row reads as if it were alone.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **self._adapter_kwargs([r.adapter for r in rows]),
-        ).logits[:, -1, :]
+        with self._forward():
+            logits = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **self._adapter_kwargs([r.adapter for r in rows]),
+            ).logits[:, -1, :]
         return cache, mask, positions[:, -1:], logits
 
     def _finish(self, row: _Live) -> Completion:

@@ -131,6 +131,36 @@ class EngineSet(ByRole):
                 log.warning("closing an engine failed: %r", r)
 
 
+_Plan = tuple[
+    dict[Role, EngineSpec],
+    dict[tuple[Any, ...], tuple[Role, EngineSpec, dict[str, Any]]],
+    dict[Role, tuple[Any, ...]],
+]
+
+
+def _plan(specs: Mapping[Role, EngineSpec]) -> _Plan:
+    """The specs as served (adapter folders resolved), the engines to load (share key -> first
+    role, base spec, union of adapters) and each role's share key. Reads configs, loads nothing."""
+    groups: dict[tuple[Any, ...], tuple[Role, EngineSpec, dict[str, Any]]] = {}
+    role_keys: dict[Role, tuple[Any, ...]] = {}
+    served = {Role(r): adapter_spec(Role(r), s) for r, s in specs.items()}
+    for role, spec in served.items():
+        key = _share_key(role, _base_spec(role, spec))
+        role_keys[role] = key
+        if key not in groups:
+            groups[key] = (role, _base_spec(role, spec), {})
+        groups[key][2].update(_adapters(role, spec))
+    return served, groups, role_keys
+
+
+def engine_groups(specs: Mapping[Role, EngineSpec]) -> list[tuple[Role, ...]]:
+    """The engines `load_engines(specs)` loads, without loading them: for each, the roles it
+    serves, in load order (e.g. a run with refiners as adapters: policy and both refiners on
+    one engine)."""
+    _, groups, role_keys = _plan(specs)
+    return [tuple(r for r, k in role_keys.items() if k == key) for key in groups]
+
+
 def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     """Load every role; roles with the same (path, backend, options) share one engine.
 
@@ -139,17 +169,7 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     adapter (see adapter_spec) is served that way over its base. On a failure, the
     engines already loaded are closed and EngineLoadError names the role.
     """
-    groups: dict[tuple[Any, ...], tuple[Role, EngineSpec, dict[str, Any]]] = {}
-    role_keys: dict[Role, tuple[Any, ...]] = {}
-    specs = {Role(r): adapter_spec(Role(r), s) for r, s in specs.items()}
-    for role, spec in specs.items():
-        role = Role(role)
-        key = _share_key(role, _base_spec(role, spec))
-        role_keys[role] = key
-        if key not in groups:
-            groups[key] = (role, _base_spec(role, spec), {})
-        groups[key][2].update(_adapters(role, spec))
-
+    specs, groups, role_keys = _plan(specs)
     loaded: dict[tuple[Any, ...], Engine] = {}
     by_role: dict[Role, Engine] = {}
     try:

@@ -65,6 +65,31 @@ async def test_hf_serves_each_rows_adapter_unmerged_over_one_base(
         await engine.close()
 
 
+async def test_hf_decoding_and_reading_at_once_keep_each_calls_adapters(
+    tiny_checkpoints: TinyCheckpoints, adapters: dict
+) -> None:
+    """The decoding thread and the log-probability reader share one peft model, whose per-row
+    adapters reach the LoRA layers through hooks on the model: the reranker's reads while the
+    refiners decode once failed with "Length of `adapter_names` should be the same as the
+    number of inputs". Both run at once here, in batches of different sizes."""
+    engine = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu", lora_adapters=adapters))
+    try:
+        base, loud = engine, engine.with_adapter("loud")
+        drafts = await loud.generate(PROMPTS, GREEDY)
+        reads = {n: await base.logprobs(LIKELIHOOD[:n]) for n in (1, 3)}
+        for _ in range(3):
+            calls = [loud.generate(PROMPTS, GREEDY), loud.generate(PROMPTS[:3], GREEDY)]
+            calls += [base.logprobs(LIKELIHOOD[:n]) for n in (1, 3, 1, 3, 1)]
+            got = await asyncio.gather(*calls)
+            assert got[0] == drafts and got[1] == drafts[:3]
+            for n, read in zip((1, 3, 1, 3, 1), got[2:], strict=True):
+                assert [len(r.logprobs) for r in read] == [len(r.logprobs) for r in reads[n]]
+                for r, alone in zip(read, reads[n], strict=True):
+                    assert list(r.logprobs) == pytest.approx(list(alone.logprobs), abs=1e-4)
+    finally:
+        await engine.close()
+
+
 def _adapter_run(tiny_checkpoints: TinyCheckpoints, adapters: dict, root: Path) -> Path:
     """A run laid out as `refiners.adapters=true` writes it: the refiners are LoRA adapters whose
     config names ../policy as their base."""
