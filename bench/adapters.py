@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.live import Deployment
 from engines.backends import backend_names
 
 RUNS = ("full", "adapters")
@@ -40,7 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="`glore eval` report.json of --adapters (same split and --n as --full-eval)",
     )
-    parser.add_argument("--backends", default="hf", help="comma-separated backends (default: hf)")
+    parser.add_argument(
+        "--backends",
+        default="hf",
+        help="comma-separated deployments: a backend, or GENERATORS+SCORERS such as "
+        "vllm+hf (default: hf)",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports"), help="default: reports")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated (default 1,16)")
     parser.add_argument(
@@ -112,11 +118,11 @@ def _adapter_run(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def engine_count(run_dir: Path, backend: str, options: dict[str, Any]) -> list[list[str]]:
+def engine_count(run_dir: Path, where: Deployment) -> list[list[str]]:
     """The engines the server loads for the run: the roles each one serves."""
-    from engines.registry import engine_groups, run_dir_specs
+    from engines.registry import engine_groups
 
-    groups = engine_groups(run_dir_specs(run_dir, backend=backend, options=options))
+    groups = engine_groups(where.specs(run_dir))
     return [[r.value for r in g] for g in groups]
 
 
@@ -161,8 +167,7 @@ def _session(
 
 
 def bench_adapters(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.live import backend_env
-    from bench.service import STRATEGIES, VLLM_OPTIONS, _host, questions, relative_path
+    from bench.service import STRATEGIES, _host, engine_options, questions, relative_path
 
     if args.serving_from is not None:
         kept: dict[str, Any] = json.loads(args.serving_from.read_text())
@@ -174,10 +179,13 @@ def bench_adapters(args: argparse.Namespace) -> dict[str, Any]:
         if not (path / "manifest.json").is_file():
             raise FileNotFoundError(f"--{name} {path}: no manifest.json (not a trained run)")
     runs = {k: v.resolve() for k, v in runs.items()}
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown_backends = set(backends) - set(backend_names())
-    if unknown_backends or not backends:
-        raise ValueError(f"--backends: unknown {sorted(unknown_backends)}")
+    given = engine_options(args.engine_options)
+    deployments = [
+        Deployment.parse(b.strip(), given) for b in args.backends.split(",") if b.strip()
+    ]
+    if not deployments:
+        raise ValueError(f"--backends: expected {backend_names()} or GENERATORS+SCORERS")
+    backends = [d.label for d in deployments]
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1:
         raise ValueError(f"--concurrency: expected positive integers, got {args.concurrency!r}")
@@ -206,17 +214,14 @@ def bench_adapters(args: argparse.Namespace) -> dict[str, Any]:
         "host": _host() | {"loadavg_before": os.getloadavg()},
         "backends": {},
     }
-    for backend in backends:
-        if args.engine_options is not None:
-            options = json.loads(args.engine_options)
-        else:
-            options = dict(VLLM_OPTIONS) if backend == "vllm" else {}
+    for where in deployments:
+        backend = where.label
         env = {
             "OMP_NUM_THREADS": str(args.threads),
             "GLORE_LOG_LEVEL": "WARNING",
             "GLORE_LIMITS__MAX_IN_FLIGHT": str(max(64, 2 * max(levels))),
             "GLORE_LIMITS__MAX_NEW_TOKENS": str(max(1024, args.max_new_tokens)),
-        } | backend_env(backend, options)
+        } | where.env()
         sessions: dict[str, list[dict[str, Any]]] = {k: [] for k in RUNS}
         for r in range(args.rounds):
             order = RUNS if r % 2 == 0 else RUNS[::-1]
@@ -227,8 +232,9 @@ def bench_adapters(args: argparse.Namespace) -> dict[str, Any]:
                 session = _session(runs[name], env, strategies, counts, qs, args)
                 sessions[name].append(session | {"order": order.index(name)})
         report["backends"][backend] = {
-            "engine_options": options,
-            "engines": {k: engine_count(runs[k], backend, options) for k in RUNS},
+            "engine_options": dict(where.generator_options),
+            "scorer_engine_options": dict(where.scorer_options),
+            "engines": {k: engine_count(runs[k], where) for k in RUNS},
             "sessions": sessions,
             "summary": {k: summarise_sessions(v) for k, v in sessions.items()},
         }

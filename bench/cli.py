@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--callers", type=int, default=16, help="concurrent callers (default 16)")
     p.add_argument(
-        "--vllm-kv-cache-gib", type=int, default=1, help="vLLM CPU KV cache (GiB, default 1)"
+        "--vllm-kv-cache-gib", type=float, default=1, help="vLLM KV cache (GiB, default 1)"
     )
     for name, (module, help_text) in MODULES.items():
         importlib.import_module(module).add_arguments(

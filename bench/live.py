@@ -13,8 +13,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 _ROLES = ("POLICY", "ORM", "SORM", "REFINE_GLOBAL", "REFINE_LOCAL")
 
@@ -25,16 +27,76 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def backend_env(backend: str, options: Mapping[str, object] | None = None) -> dict[str, str]:
-    """GLORE_* settings putting every role on `backend` with the same engine options."""
-    import json
+# Engine options a bench gives a backend unless told otherwise. vLLM's KV cache is sized to the
+# tiny models (4 KiB a token: 0.25 GiB holds 65k tokens, about six times what concurrency 16
+# of GLoRe needs); each engine holds its own, resident.
+BENCH_OPTIONS: dict[str, dict[str, object]] = {
+    "vllm": {"cpu_kvcache_space_gib": 0.25, "enforce_eager": True},
+    "hf": {},
+}
 
-    env = {}
-    for role in _ROLES:
-        env[f"GLORE_{role}__BACKEND"] = backend
-        if options:
-            env[f"GLORE_{role}__OPTIONS"] = json.dumps(dict(options))
-    return env
+
+@dataclass(frozen=True)
+class Deployment:
+    """Which backend serves the generating roles (policy, refiners) and which the scorers (ORM,
+    SORM), with their engine options: written `vllm`, or `vllm+hf` for vLLM generators beside
+    transformers reward models (one vLLM engine for a run whose refiners are adapters)."""
+
+    generators: str
+    scorers: str
+    generator_options: Mapping[str, object] = field(default_factory=dict)
+    scorer_options: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str, options: Mapping[str, object] | None = None) -> Deployment:
+        """`GEN` or `GEN+SCORERS`; `options` (None: BENCH_OPTIONS) go to the generators' backend,
+        the scorers' takes BENCH_OPTIONS unless it is the same backend."""
+        from engines.backends import backend_names
+
+        parts = [p.strip() for p in text.split("+")]
+        if len(parts) > 2 or not all(parts):
+            raise ValueError(f"--backend: expected BACKEND or GENERATORS+SCORERS, got {text!r}")
+        for part in parts:
+            if part not in backend_names():
+                raise ValueError(f"--backend: unknown backend {part!r}; choose {backend_names()}")
+        gen, scorers = parts[0], parts[-1]
+        gen_options = dict(BENCH_OPTIONS.get(gen, {}) if options is None else options)
+        scorer_options = gen_options if scorers == gen else dict(BENCH_OPTIONS.get(scorers, {}))
+        return cls(gen, scorers, gen_options, scorer_options)
+
+    @property
+    def label(self) -> str:
+        return self.generators if self.scorers == self.generators else str(self)
+
+    def __str__(self) -> str:
+        return f"{self.generators}+{self.scorers}"
+
+    def backend(self, role: str) -> tuple[str, Mapping[str, object]]:
+        if role.lower() in ("orm", "sorm"):
+            return self.scorers, self.scorer_options
+        return self.generators, self.generator_options
+
+    def env(self) -> dict[str, str]:
+        """GLORE_* settings serving each role on its backend with its options."""
+        import json
+
+        env = {}
+        for role in _ROLES:
+            backend, options = self.backend(role)
+            env[f"GLORE_{role}__BACKEND"] = backend
+            if options:
+                env[f"GLORE_{role}__OPTIONS"] = json.dumps(dict(options))
+        return env
+
+    def specs(self, run_dir: str | os.PathLike[str]) -> dict[Any, Any]:
+        """The engine specs `glore serve` builds for the run, for in-process engines."""
+        from engines.base import EngineSpec, Role
+
+        out = {}
+        for role in Role:
+            backend, options = self.backend(role.value)
+            out[role] = EngineSpec(str(Path(run_dir) / role.value), backend, dict(options))
+        return out
 
 
 def tree_rss(pid: int) -> int:

@@ -57,17 +57,26 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["errors_5xx"] == 0 else 1
 
 
+def resolved_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`--engine-options`, or the backend's bench defaults."""
+    from bench.live import BENCH_OPTIONS
+    from bench.service import engine_options
+
+    given = engine_options(args.engine_options)
+    return dict(BENCH_OPTIONS.get(args.backend, {}) if given is None else given)
+
+
 def _server_env(
     args: argparse.Namespace, options: dict[str, Any], **settings: str
 ) -> dict[str, str]:
     """The bench server's environment: its threads, quiet logs, the backend and `settings`."""
-    from bench.live import backend_env
+    from bench.live import Deployment
 
     return {
         "OMP_NUM_THREADS": str(args.threads),
         "GLORE_LOG_LEVEL": "WARNING",
         **settings,
-        **backend_env(args.backend, options),
+        **Deployment.parse(args.backend, options).env(),
     }
 
 
@@ -79,7 +88,6 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
     from bench.live import LiveServer, rss_split
     from bench.service import (
-        engine_options,
         load_level,
         payload,
         questions,
@@ -90,7 +98,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     if args.concurrency < 1 or args.requests < args.windows or args.windows < 2:
         raise ValueError("need concurrency >= 1, windows >= 2 and requests >= windows")
     run_dir, source = resolve_run(args.run)
-    options = engine_options(args)
+    options = resolved_options(args)
     env = _server_env(args, options, GLORE_LIMITS__MAX_IN_FLIGHT=str(max(64, 2 * args.concurrency)))
     qs = questions(256, args.seed)
     mix = MIXES[args.mix]
@@ -190,13 +198,13 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
     from bench.live import LiveServer
-    from bench.service import engine_options, load_level, questions, relative_path, resolve_run
+    from bench.service import load_level, questions, relative_path, resolve_run
     from service.settings import Limits
 
     if args.burst < 1:
         raise ValueError("--burst needs N >= 1")
     run_dir, source = resolve_run(args.run)
-    options = engine_options(args)
+    options = resolved_options(args)
     env = _server_env(args, options)  # the server's own limits: the burst is what is measured
     qs = questions(args.burst, args.seed)
     bodies = [{"question": q} for q in qs]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import measured, say_wrote
+from bench.live import BENCH_OPTIONS, Deployment
 from engines.backends import backend_names
 
 STRATEGIES: dict[str, dict[str, Any]] = {
@@ -25,10 +26,11 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "glore_auto": {"strategy": "glore", "refine": "auto"},
 }
 TARGETS = {"overhead_ratio_c1_max": 1.15, "batching_speedup_c16_min": 4.0}
-# Footprint targets (issue 14), for the backend they were set on.
+# Footprint targets (issue 14), for the backend serving the generators they were set on.
 FOOTPRINT_TARGETS = {"vllm": {"cold_start_s_max": 20.0, "peak_rss_gib_max": 2.5}}
 ROOT = Path(__file__).resolve().parents[1]
-VLLM_OPTIONS = {"cpu_kvcache_space_gib": 1, "enforce_eager": True}
+# The shipped default, what `make serve` serves.
+DEFAULT_RUN = ROOT / "models" / "tiny"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run",
         type=Path,
         default=None,
-        help="run directory (default: runs/tiny when complete, else the tiny test checkpoints)",
+        help="run directory (default: models/tiny, the shipped default; else the tiny test "
+        "checkpoints)",
     )
-    parser.add_argument("--backend", choices=backend_names(), default="hf")
+    parser.add_argument(
+        "--backend",
+        default="hf",
+        help=f"the backend of every role ({', '.join(backend_names())}), or GENERATORS+SCORERS, "
+        "e.g. vllm+hf: the policy and refiners on vLLM, the ORM and SORM on transformers",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports"), help="default: reports")
     parser.add_argument(
         "--eval-report", type=Path, default=None, help="an eval report JSON to read accuracy from"
@@ -72,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--engine-options",
         default=None,
         help="JSON engine options for every role, e.g. '{\"batch_wait_ms\": 10}' "
-        "(default: the backend's defaults; for vLLM " + json.dumps(VLLM_OPTIONS) + ")",
+        "(default: the backend's defaults; for vLLM " + json.dumps(BENCH_OPTIONS["vllm"]) + ")",
     )
 
 
@@ -94,9 +102,8 @@ def resolve_run(run: Path | None) -> tuple[Path, str]:
             raise FileNotFoundError(f"--run {run}: no such directory")
         # Absolute: vLLM takes a relative path that is not (or no longer) there for a hub id.
         return run.resolve(), "given"
-    tiny = Path("runs/tiny")
-    if _complete(tiny):
-        return tiny.resolve(), "runs/tiny"
+    if _complete(DEFAULT_RUN):
+        return DEFAULT_RUN, "models/tiny, the shipped default"
     from training.tiny_models import build_tiny_checkpoints
 
     return build_tiny_checkpoints().run_dir, "tiny test checkpoints (runs/tiny not complete)"
@@ -104,7 +111,9 @@ def resolve_run(run: Path | None) -> tuple[Path, str]:
 
 def _complete(run: Path) -> bool:
     roles = ("policy", "orm", "sorm", "refine_global", "refine_local")
-    if not all((run / r / "config.json").is_file() for r in roles):
+    if not all(
+        any((run / r / f).is_file() for f in ("config.json", "adapter_config.json")) for r in roles
+    ):
         return False
     try:
         manifest = json.loads((run / "manifest.json").read_text())
@@ -114,16 +123,21 @@ def _complete(run: Path) -> bool:
     return bool(stages) and all(s.get("status") == "done" for s in stages.values())
 
 
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.engine_options is None:
-        return dict(VLLM_OPTIONS) if args.backend == "vllm" else {}
+def engine_options(text: str | None) -> dict[str, Any] | None:
+    """`--engine-options` as a dict; None when not given (each backend's BENCH_OPTIONS)."""
+    if text is None:
+        return None
     try:
-        options = json.loads(args.engine_options)
+        options = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"--engine-options: not JSON: {exc}") from None
     if not isinstance(options, dict):
         raise ValueError("--engine-options: expected a JSON object")
     return options
+
+
+def deployment(args: argparse.Namespace) -> Deployment:
+    return Deployment.parse(args.backend, engine_options(args.engine_options))
 
 
 def questions(n: int, seed: int) -> list[str]:
@@ -288,20 +302,17 @@ async def replay(engines: Any, plan: list[list[dict[str, Any]]]) -> float:
 async def overhead(
     url: str,
     run_dir: Path,
-    backend: str,
-    options: dict[str, Any],
+    where: Deployment,
     bodies: dict[str, list[dict[str, Any]]],
 ) -> dict[str, Any]:
     """/solve against the raw engine calls it makes, question by question, interleaved (the
     server idles while the engines run in-process, and the other way round)."""
     import httpx
 
-    from engines.registry import load_engines, run_dir_specs
+    from engines.registry import load_engines
     from service.pipeline import solve
 
-    engines = await _to_thread(
-        load_engines, run_dir_specs(run_dir, backend=backend, options=options)
-    )
+    engines = await _to_thread(load_engines, where.specs(run_dir))
     out: dict[str, Any] = {}
     try:
         async with httpx.AsyncClient(base_url=url, timeout=600) as client:
@@ -405,7 +416,7 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.live import LiveServer, backend_env
+    from bench.live import LiveServer
 
     console = Console(stderr=True)
     run_dir, source = resolve_run(args.run)
@@ -424,11 +435,17 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
     unknown = set(strategies) - set(STRATEGIES)
     if unknown or not strategies:
         raise ValueError(f"--strategies: unknown {sorted(unknown)}; choose from {list(STRATEGIES)}")
-    options = engine_options(args)
-    env |= backend_env(args.backend, options)
+    where = deployment(args)
+    env |= where.env()
     load_before = os.getloadavg()
     report: dict[str, Any] = {
-        "backend": args.backend,
+        "backend": where.label,
+        "deployment": {
+            "generators": where.generators,
+            "scorers": where.scorers,
+            "generator_options": dict(where.generator_options),
+            "scorer_options": dict(where.scorer_options),
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": {"path": relative_path(run_dir), "source": source},
         "settings": {
@@ -438,10 +455,10 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
             "server_threads": args.threads,
             "seed": args.seed,
             "strategies": {k: STRATEGIES[k] for k in strategies},
-            "engine_options": options,
+            "engine_options": dict(where.generator_options),
         },
         "host": _host(),
-        "target_limits": {**TARGETS, **FOOTPRINT_TARGETS.get(args.backend, {})},
+        "target_limits": {**TARGETS, **FOOTPRINT_TARGETS.get(where.generators, {})},
     }
     import torch
 
@@ -454,7 +471,7 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task(f"{args.backend}: starting the server", total=total)
+        task = progress.add_task(f"{where.label}: starting the server", total=total)
         with LiveServer(run_dir, env) as server:
             report["cold_start_s"] = server.cold_start_s
             report["rss_after_ready_mib"] = server.rss() / 2**20
@@ -470,7 +487,7 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
                 asyncio.run(load_level(server.url, warm, 4))
                 results[strategy] = {}
                 for c in levels:
-                    progress.update(task, description=f"{args.backend}: {strategy} at c{c}")
+                    progress.update(task, description=f"{where.label}: {strategy} at c{c}")
                     bodies = [
                         payload(strategy, qs[i], i, args.max_new_tokens, args.seed)
                         for i in range(counts[c])
@@ -491,14 +508,12 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
                     progress.advance(task)
             report["strategies"] = results
             report["rss_after_load_mib"] = server.rss() / 2**20
-            progress.update(task, description=f"{args.backend}: overhead (in-process engines)")
+            progress.update(task, description=f"{where.label}: overhead (in-process engines)")
             bodies = c1_bodies or {
                 s: [payload(s, qs[i], i, args.max_new_tokens, args.seed) for i in range(12)]
                 for s in strategies
             }
-            report["overhead"] = asyncio.run(
-                overhead(server.url, run_dir, args.backend, options, bodies)
-            )
+            report["overhead"] = asyncio.run(overhead(server.url, run_dir, where, bodies))
             progress.advance(task)
             report["peak_rss_mib"] = server.peak_rss / 2**20
     report["host"]["loadavg_before"] = load_before
@@ -563,7 +578,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
         for k, v in speedup["by_strategy"].items()
     ]
-    footprint = FOOTPRINT_TARGETS.get(backend, {})
+    generators = report.get("deployment", {}).get("generators", backend)
+    footprint = FOOTPRINT_TARGETS.get(generators, {})
     if "cold_start_s_max" in footprint:
         rows.append(
             _target(
@@ -678,22 +694,35 @@ def summarise(report: dict[str, Any], eval_report: Path | None) -> dict[str, Any
 
 def write_reports(report: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    name = f"bench-service-{report['backend']}"
+    name = report_name(report["backend"])
     paths = [out / f"{name}.json", out / f"{name}.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     paths[1].write_text(markdown(report))
-    # The combined report: every backend measured so far.
+    # The combined report: every deployment measured so far, transformers and vLLM first.
     both = {}
-    # ... and a kept report of another run, if any (e.g. hf-runs-tiny).
-    for backend in ("hf", "vllm", "hf-runs-tiny", "vllm-runs-tiny"):
-        p = out / f"bench-service-{backend}.json"
-        if p.is_file():
-            both[backend] = json.loads(p.read_text())
+    for p in sorted(out.glob("bench-service-*.json")):
+        kept = json.loads(p.read_text())
+        if "strategies" in kept and p.stem == report_name(kept["backend"]):
+            both[kept["backend"]] = kept
+    order = {"hf": 0, "vllm": 1}
+    both = dict(sorted(both.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])))
     combined = [out / "bench-service.json", out / "bench-service.md"]
     every = target_rows(both)
     combined[0].write_text(json.dumps({"targets": every, "backends": both}, indent=2) + "\n")
     combined[1].write_text(combined_markdown(both))
     return paths + combined
+
+
+def _sharing(host: dict[str, Any]) -> str:
+    """Whether other jobs shared the machine: a load average before the server started above
+    half the cores (the bench's own load comes after)."""
+    busy = host["loadavg_before"][0] > 0.5 * (host.get("cpu_count") or 1)
+    return "**shared with other jobs while measured**" if busy else "otherwise idle"
+
+
+def report_name(label: str) -> str:
+    """The file stem of a deployment's report: bench-service-vllm, bench-service-vllm-hf."""
+    return "bench-service-" + label.replace("+", "-")
 
 
 def _ms(x: float) -> str:
@@ -707,9 +736,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"# Service benchmark: {names.get(r['backend'], r['backend'])}",
         "",
         f"- when: {r['created']}; run: `{r['run']['path']}` ({r['run']['source']})",
-        f"- host: {h['cpu']}, {h['cpu_count']} cores, **shared with other jobs while measured** "
-        f"(load average {h['loadavg_before'][0]:.1f} before, {h['loadavg_after'][0]:.1f} "
-        f"after); torch {h['torch']}, vLLM {h['vllm']}",
+        f"- host: {h['cpu']}, {h['cpu_count']} cores, {_sharing(h)} (load average "
+        f"{h['loadavg_before'][0]:.1f} before, {h['loadavg_after'][0]:.1f} after); torch "
+        f"{h['torch']}, vLLM {h['vllm']}",
         f"- server: one `glore serve` process, torch threads {r['settings']['server_threads']}; "
         f"max_new_tokens {r['settings']['max_new_tokens']}; requests per level "
         f"{r['settings']['requests']}",
@@ -804,8 +833,9 @@ def combined_markdown(both: dict[str, dict[str, Any]]) -> str:
         "# Service benchmark",
         "",
         "Each backend measured in one run against a live `glore serve` on this machine "
-        "(shared with other jobs: figures are indicative). Details: "
-        + ", ".join(f"[{b}](bench-service-{b}.md)" for b in both),
+        "(see each one's load average: one measured while other jobs shared the machine is "
+        "indicative). Details: "
+        + ", ".join(f"[{b}]({report_name(b)}.md)" for b in both),
         "",
         "Checkpoints: "
         + "; ".join(f"{b}: `{r['run']['path']}` ({r['run']['source']})" for b, r in both.items()),

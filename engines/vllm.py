@@ -15,7 +15,6 @@ import concurrent.futures
 import copy
 import json
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -73,8 +72,11 @@ class VLLMOptions(EngineOptions):
         default=False, description="No CUDA graphs or compilation: a quicker start."
     )
     seed: int = Field(default=0, description="The engine's seed (requests carry their own).")
-    cpu_kvcache_space_gib: int | None = Field(
-        default=None, description="KV cache size on a CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    cpu_kvcache_space_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="KV cache size, GiB, fractions allowed (vLLM's kv_cache_memory_bytes; an "
+        "environment's VLLM_CPU_KVCACHE_SPACE overrides it on a CPU).",
     )
     max_num_seqs: int | None = Field(
         default=None, description="Most sequences scheduled at once; none: vLLM's."
@@ -197,6 +199,10 @@ def _engine_kwargs(
         kwargs["enable_prefix_caching"] = options.enable_prefix_caching
     if options.max_num_seqs is not None:
         kwargs["max_num_seqs"] = options.max_num_seqs
+    if options.cpu_kvcache_space_gib is not None:
+        # Per engine, where VLLM_CPU_KVCACHE_SPACE (whole GiB) is one per process: a tiny
+        # model's KV cache needs far less than a GiB, and each engine holds its own.
+        kwargs["kv_cache_memory_bytes"] = int(options.cpu_kvcache_space_gib * 2**30)
     enable_chunked_prefill = options.enable_chunked_prefill
     if enable_chunked_prefill is None and _on_cpu():
         # vllm-cpu 0.32 kills its worker when a seeded request's prefill is chunked ("CPU
@@ -269,15 +275,10 @@ class _VLLMEngine:
             raise EngineLoadError(
                 "the vLLM backend needs vllm (GPU) or vllm-cpu installed", path=self.path
             ) from exc
-        if options.cpu_kvcache_space_gib is not None:
-            # Read by vLLM's CPU platform when the engine process starts.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(options.cpu_kvcache_space_gib))
         self.lora_requests = self._lora_requests(lora_adapters or {})
         targets = lora_target_modules(lora_adapters or {})
         # A head adapted by LoRA breaks prompt log-probability reads on vLLM (see above).
-        self.lora_on_head = bool(self.lora_requests) and (
-            targets is None or "lm_head" in targets
-        )
+        self.lora_on_head = bool(self.lora_requests) and (targets is None or "lm_head" in targets)
         try:
             self.tokenizer = load_tokenizer(self.path)
             kwargs = _engine_kwargs(

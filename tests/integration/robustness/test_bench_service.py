@@ -112,7 +112,7 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
     assert not Path(report["run"]["path"]).is_absolute()
     assert json.loads((tmp_path / "bench-service.json").read_text())["targets"] == rows
     text = (tmp_path / "bench-service-hf.md").read_text()
-    assert "shared with other jobs" in text and "≤ 1.15" in text
+    assert "load average" in text and "≤ 1.15" in text
     assert "| figure | target | hf |" in (tmp_path / "bench-service.md").read_text()
 
 
