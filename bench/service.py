@@ -834,8 +834,7 @@ def combined_markdown(both: dict[str, dict[str, Any]]) -> str:
         "",
         "Each backend measured in one run against a live `glore serve` on this machine "
         "(see each one's load average: one measured while other jobs shared the machine is "
-        "indicative). Details: "
-        + ", ".join(f"[{b}]({report_name(b)}.md)" for b in both),
+        "indicative). Details: " + ", ".join(f"[{b}]({report_name(b)}.md)" for b in both),
         "",
         "Checkpoints: "
         + "; ".join(f"{b}: `{r['run']['path']}` ({r['run']['source']})" for b, r in both.items()),
