@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default="hf",
-        help="comma-separated deployments: a backend, or GENERATORS+SCORERS such as "
-        "vllm+hf (default: hf)",
+        help="comma-separated backends, each of every role, or GENERATORS+SCORERS such as "
+        "vllm+hf (the ORM and SORM on transformers) (default: hf)",
     )
     parser.add_argument("--out", type=Path, default=Path("reports"), help="default: reports")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated (default 1,16)")

@@ -43,9 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
+        choices=backend_names(),
         default="hf",
-        help=f"the backend of every role ({', '.join(backend_names())}), or GENERATORS+SCORERS, "
-        "e.g. vllm+hf: the policy and refiners on vLLM, the ORM and SORM on transformers",
+        help="the backend serving every role (the generating ones, with --scorers-backend)",
+    )
+    parser.add_argument(
+        "--scorers-backend",
+        choices=backend_names(),
+        default=None,
+        help="the backend serving the ORM and SORM (default: --backend); e.g. --backend vllm "
+        "--scorers-backend hf: a run with refiners as adapters on one vLLM engine, its reward "
+        "models on transformers",
     )
     parser.add_argument("--out", type=Path, default=Path("reports"), help="default: reports")
     parser.add_argument(
@@ -137,7 +145,8 @@ def engine_options(text: str | None) -> dict[str, Any] | None:
 
 
 def deployment(args: argparse.Namespace) -> Deployment:
-    return Deployment.parse(args.backend, engine_options(args.engine_options))
+    text = args.backend + (f"+{args.scorers_backend}" if args.scorers_backend else "")
+    return Deployment.parse(text, engine_options(args.engine_options))
 
 
 def questions(n: int, seed: int) -> list[str]:
