@@ -29,8 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Measure the engines on one checkpoint pair and write "
         "reports/bench-engines.json and reports/bench-engines.md.",
     )
-    p.add_argument("--policy", help="causal-LM checkpoint (default: the tiny test checkpoints)")
-    p.add_argument("--scorer", help="token-classification checkpoint (default: the tiny ones)")
+    p.add_argument(
+        "--policy", help="causal-LM checkpoint (default: models/tiny/policy, else a test one)"
+    )
+    p.add_argument(
+        "--scorer",
+        help="token-classification checkpoint (default: models/tiny/sorm, else a test one)",
+    )
     p.add_argument("--out", default="reports", help="folder for the reports (default: reports)")
     p.add_argument(
         "--backends", default="hf,vllm", help="comma-separated backends (default: hf,vllm)"
