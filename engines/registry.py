@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,17 @@ def _share_key(role: Role, spec: EngineSpec) -> tuple[Any, ...]:
 class EngineSet(ByRole):
     """The loaded engines by role. Roles may share one engine object."""
 
-    def __init__(self, engines: Mapping[Role, Engine], loaded: Iterable[Engine] = ()) -> None:
+    def __init__(
+        self,
+        engines: Mapping[Role, Engine],
+        loaded: Iterable[Engine] = (),
+        load_seconds: Mapping[str, float] | None = None,
+    ) -> None:
         self._by_role: dict[Role, Engine] = {Role(r): e for r, e in engines.items()}
         # The engines actually loaded, when roles hold views of them (one per LoRA adapter).
         self._loaded = list(loaded)
+        # Seconds each engine took to load, by the roles it serves ("policy+refine_global").
+        self.load_seconds: dict[str, float] = dict(load_seconds or {})
 
     @property
     def roles(self) -> set[Role]:
@@ -171,6 +179,7 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     """
     specs, groups, role_keys = _plan(specs)
     loaded: dict[tuple[Any, ...], Engine] = {}
+    seconds: dict[tuple[Any, ...], float] = {}
     by_role: dict[Role, Engine] = {}
     try:
         for role, spec in specs.items():
@@ -183,7 +192,9 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
                         base.path, base.backend, {**base.options, "lora_adapters": adapters}
                     )
                 log.info("loading %s from %s (%s)", first_role.value, spec.path, spec.backend)
+                start = time.perf_counter()
                 loaded[key] = load_engine(first_role, base)
+                seconds[key] = time.perf_counter() - start
             engine = loaded[key]
             adapter = spec.options.get("adapter") if _shares_adapters(role, spec) else None
             if adapter is not None:
@@ -195,7 +206,8 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     except BaseException:
         _close_now(list(loaded.values()))
         raise
-    return EngineSet(by_role, loaded.values())
+    names = {key: "+".join(r.value for r, k in role_keys.items() if k == key) for key in loaded}
+    return EngineSet(by_role, loaded.values(), {names[k]: s for k, s in seconds.items()})
 
 
 def run_dir_specs(

@@ -197,7 +197,11 @@ async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
         state.load_error = str(exc)
         logger.error("model load failed: %s", exc, exc_info=exc)
         return
-    logger.info("models loaded in %.1f s", time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    logger.info("models loaded in %.1f s", seconds, extra={"engines": loaded.load_seconds})
+    for engine, took in loaded.load_seconds.items():
+        state.metrics.engine_load.labels(engine=engine).set(took)
+    state.metrics.models_load.set(seconds)
     state.role_status()
 
 

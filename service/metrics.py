@@ -133,6 +133,19 @@ class Metrics:
         )
         for role in Role:
             self.engine_ready.labels(role=role.value).set(0)
+        self.engine_load = Gauge(
+            "glore_engine_load_seconds",
+            "Seconds each loaded engine took to load, by the roles it serves (e.g. "
+            "policy+refine_global+refine_local when the refiners are adapters of the policy).",
+            ["engine"],
+            registry=r,
+        )
+        self.models_load = Gauge(
+            "glore_models_load_seconds",
+            "Seconds from the start of model loading to every role being served (0 until then): "
+            "the part of a cold start that the models take.",
+            registry=r,
+        )
         # Zero series from the start, so a rate() or an alert sees every code before it fires.
         for code in WarningCode:
             self.warnings.labels(code=code.value)

@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from engines.base import Role
 from engines.text import extract_answer
 from tests.support.live import RawRequest, in_flight, wait_until
 from tests.support.server import ServerHandle, start_server
@@ -321,6 +322,21 @@ def test_metrics_after_traffic(client: httpx.Client) -> None:
         'glore_engine_ready{role="sorm"} 1.0',
     ]:
         assert needle in text, needle
+
+
+def test_metrics_say_what_each_engine_took_to_load(client: httpx.Client) -> None:
+    """The cold start's model part, per engine: each loaded engine once, named by the roles it
+    serves, so the roles split among them and the engines' seconds fit in the models' total."""
+    text = client.get("/metrics").text
+    engines = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^glore_engine_load_seconds\{engine="([^"]+)"\} (\S+)$', text, re.M)
+    }
+    (total,) = [float(v) for v in re.findall(r"^glore_models_load_seconds (\S+)$", text, re.M)]
+    roles = [r for name in engines for r in name.split("+")]
+    assert sorted(roles) == sorted(r.value for r in Role)
+    assert all(v > 0 for v in engines.values())
+    assert sum(engines.values()) <= total
 
 
 def test_503_until_loaded_when_a_checkpoint_is_broken(tmp_path: Path) -> None:
