@@ -178,6 +178,27 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> int | No
     return process.returncode
 
 
+def load_breakdown(url: str, cold_start_s: float) -> dict[str, Any]:
+    """A cold start split by the server's own metrics: each engine's load, the models' whole
+    load, and the rest (interpreter, imports, app start, the wait for /ready's next poll)."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    engines = {
+        m.group(1): round(float(m.group(2)), 2)
+        for m in re.finditer(r'^glore_engine_load_seconds\{engine="([^"]+)"\} (\S+)$', text, re.M)
+    }
+    found = re.findall(r"^glore_models_load_seconds (\S+)$", text, re.M)
+    models = float(found[0]) if found else None
+    return {
+        "engines_s": engines,
+        "models_s": None if models is None else round(models, 2),
+        "before_models_s": None if models is None else round(cold_start_s - models, 2),
+    }
+
+
 class LiveServer:
     """A `glore serve` child process; `cold_start_s` is process start to /ready 200."""
 

@@ -425,7 +425,7 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.live import LiveServer
+    from bench.live import LiveServer, load_breakdown
 
     console = Console(stderr=True)
     run_dir, source = resolve_run(args.run)
@@ -483,6 +483,7 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
         task = progress.add_task(f"{where.label}: starting the server", total=total)
         with LiveServer(run_dir, env) as server:
             report["cold_start_s"] = server.cold_start_s
+            report["cold_start_breakdown"] = load_breakdown(server.url, server.cold_start_s)
             report["rss_after_ready_mib"] = server.rss() / 2**20
             progress.advance(task)
             results: dict[str, dict[str, Any]] = {}
@@ -722,6 +723,18 @@ def write_reports(report: dict[str, Any], out: Path) -> list[Path]:
     return paths + combined
 
 
+def _breakdown_lines(b: dict[str, Any] | None) -> list[str]:
+    """The cold start as the server's metrics split it (reports older than them: nothing)."""
+    if not b or b.get("models_s") is None:
+        return []
+    engines = ", ".join(f"{k} {v:.1f} s" for k, v in b["engines_s"].items())
+    return [
+        f"- cold start split: {b['before_models_s']:.1f} s before the models (interpreter, "
+        f"imports, app start), models {b['models_s']:.1f} s (engines one after another: "
+        f"{engines})"
+    ]
+
+
 def _sharing(host: dict[str, Any]) -> str:
     """Whether other jobs shared the machine: a load average before the server started above
     half the cores (the bench's own load comes after)."""
@@ -754,6 +767,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"- cold start (process start to /ready 200): **{r['cold_start_s']:.1f} s**; "
         f"peak RSS of the server's process tree: **{r['peak_rss_mib']:.0f} MiB** "
         f"({r['rss_after_ready_mib']:.0f} MiB when ready)",
+        *_breakdown_lines(r.get("cold_start_breakdown")),
         "",
         "## Targets",
         "",

@@ -79,6 +79,10 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
     assert service.run(args) == 0
     report = json.loads((tmp_path / "bench-service-hf.json").read_text())
     assert report["cold_start_s"] > 0 and report["peak_rss_mib"] > 50
+    split = report["cold_start_breakdown"]
+    assert split["engines_s"] and all(v > 0 for v in split["engines_s"].values())
+    assert 0 < split["models_s"] < report["cold_start_s"]
+    assert split["before_models_s"] == round(report["cold_start_s"] - split["models_s"], 2)
     for strategy in ("greedy", "best_of_3", "glore_always"):
         for level, n in (("1", 4), ("4", 16)):
             figures = report["strategies"][strategy][level]
@@ -112,7 +116,7 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
     assert not Path(report["run"]["path"]).is_absolute()
     assert json.loads((tmp_path / "bench-service.json").read_text())["targets"] == rows
     text = (tmp_path / "bench-service-hf.md").read_text()
-    assert "load average" in text and "≤ 1.15" in text
+    assert "load average" in text and "≤ 1.15" in text and "cold start split" in text
     assert "| figure | target | hf |" in (tmp_path / "bench-service.md").read_text()
 
 
