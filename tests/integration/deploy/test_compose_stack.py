@@ -206,14 +206,14 @@ def test_a_replica_stopped_under_load_fails_no_request(stack: Stack) -> None:
 
 
 def test_down_with_requests_in_flight_loses_none_of_them(stack: Stack) -> None:
-    # Eight at once, four per replica, each a best-of-16 (sixteen generations): the replicas
-    # work through them for seconds, so they are in flight when `down` begins.
+    # Eight at once, four per replica, each a best-of-16 sampled hot (sixteen long
+    # generations): the replicas work through them for seconds, so they are in flight when
+    # `down` begins. Greedy-length answers are not enough: a default that answers in a few
+    # tokens finished all eight within the second below.
     n = 8
+    body = {"strategy": "best_of_n", "n": 16, "seed": 1, "temperature": 1.5}
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
-        pending = [
-            pool.submit(_timed_solve, stack.url, strategy="best_of_n", n=16, seed=1)
-            for _ in range(n)
-        ]
+        pending = [pool.submit(_timed_solve, stack.url, **body) for _ in range(n)]
         time.sleep(1.0)  # let nginx hand every one of them to a replica
         down_at = time.monotonic()
         down = stack.compose("down", timeout=600)
@@ -224,7 +224,7 @@ def test_down_with_requests_in_flight_loses_none_of_them(stack: Stack) -> None:
 
 
 def _timed_solve(url: str, **extra: object) -> tuple[float, httpx.Response]:
-    response = _solve(url, max_new_tokens=96, **extra)
+    response = _solve(url, max_new_tokens=256, **extra)
     return time.monotonic(), response
 
 
