@@ -368,16 +368,18 @@ def _ratio(a: float, b: float) -> str:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    from bench.service import _sharing
+
     h, s = r["host"], r["settings"]
     lines = [
         "# Refiners as adapters against full refiners",
         "",
         f"- when: {r['created']}; full run `{r['runs']['full']['path']}`, adapter run "
-        f"`{r['runs']['adapters']['path']}` (the same run, refiners retrained with "
+        f"`{r['runs']['adapters']['path']}` (the same recipe, refiners trained with "
         "`refiners.adapters=true`)",
-        f"- host: {h['cpu']}, {h['cpu_count']} cores, **shared with other jobs while measured** "
-        f"(load average {h['loadavg_before'][0]:.1f} before, {h['loadavg_after'][0]:.1f} "
-        f"after); torch {h['torch']}, vLLM {h['vllm']}",
+        f"- host: {h['cpu']}, {h['cpu_count']} cores, {_sharing(h)} (load average "
+        f"{h['loadavg_before'][0]:.1f} before, {h['loadavg_after'][0]:.1f} after); torch "
+        f"{h['torch']}, vLLM {h['vllm']}",
         f"- servers: one `glore serve` per run and backend, started back to back "
         f"({s['rounds']} round(s), order alternating); torch threads {s['server_threads']}; "
         f"max_new_tokens {s['max_new_tokens']}; requests per level {s['requests']}",

