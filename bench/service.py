@@ -29,6 +29,8 @@ TARGETS = {"overhead_ratio_c1_max": 1.15, "batching_speedup_c16_min": 4.0}
 # Footprint targets (issue 14), for the backend serving the generators they were set on.
 FOOTPRINT_TARGETS = {"vllm": {"cold_start_s_max": 20.0, "peak_rss_gib_max": 2.5}}
 ROOT = Path(__file__).resolve().parents[1]
+# CPU use (all cores, %) above which a machine counts as shared when a bench starts.
+SHARED_BUSY_PCT = 25.0
 # The shipped default, what `make serve` serves.
 DEFAULT_RUN = ROOT / "models" / "tiny"
 
@@ -626,10 +628,16 @@ def _host() -> dict[str, Any]:
         vllm_version: str | None = vllm.__version__
     except ImportError:
         vllm_version = None
+    import psutil
+
+    # What the machine does before the bench starts anything: the 1-minute load average lags
+    # (a previous bench's tail shows in it), a 2-second sample of the CPUs does not.
+    busy = psutil.cpu_percent(interval=2.0)
     return {
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "shared": True,
+        "cpu_busy_before_pct": busy,
+        "shared": busy > SHARED_BUSY_PCT,
         "torch": torch.__version__,
         "vllm": vllm_version,
         "python": platform.python_version(),
@@ -736,10 +744,14 @@ def _breakdown_lines(b: dict[str, Any] | None) -> list[str]:
 
 
 def _sharing(host: dict[str, Any]) -> str:
-    """Whether other jobs shared the machine: a load average before the server started above
-    half the cores (the bench's own load comes after)."""
-    busy = host["loadavg_before"][0] > 0.5 * (host.get("cpu_count") or 1)
-    return "**shared with other jobs while measured**" if busy else "otherwise idle"
+    """Whether other jobs shared the machine, from the CPUs' use just before the bench (older
+    reports did not sample it: they say nothing either way)."""
+    busy = host.get("cpu_busy_before_pct")
+    if busy is None:
+        return "not sampled whether other jobs shared it"
+    if busy > SHARED_BUSY_PCT:
+        return f"**shared with other jobs while measured** (CPUs {busy:.0f}% busy before)"
+    return f"otherwise idle (CPUs {busy:.0f}% busy before)"
 
 
 def report_name(label: str) -> str:
