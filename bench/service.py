@@ -378,7 +378,9 @@ class Profile:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         self.out = Path(tempfile.mkstemp(prefix="glore-pyspy-", suffix=".txt")[1])
         self.started = time.perf_counter()
+        # --subprocesses: vLLM decodes in engine-core and worker processes of its own.
         command = [spy, "record", "--pid", str(pid), "--rate", str(self.RATE), "--threads"]
+        command += ["--subprocesses"]
         command += ["--nonblocking", "--format", "raw", "--output", str(self.out)]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -390,32 +392,54 @@ class Profile:
         seconds = time.perf_counter() - self.started
         self.process.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
         self.process.wait(timeout=60)
-        threads: dict[str, int] = {}
-        frames: dict[str, dict[str, int]] = {}
         text = self.out.read_text() if self.out.exists() else ""
-        for line in text.splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            parts = stack.split(";")
-            # "thread (123): name" -> name: thread ids differ from run to run
-            name = parts[0].split(": ", 1)[-1].strip('"')
-            threads[name] = threads.get(name, 0) + int(count)
-            mine = frames.setdefault(name, {})
-            for frame in set(parts[1:]):
-                mine[frame] = mine.get(frame, 0) + int(count)
         self.out.unlink(missing_ok=True)
-        possible = max(1.0, seconds * self.RATE)
-        busy = {k: v / possible for k, v in sorted(threads.items(), key=lambda kv: -kv[1])}
-        top = {
-            name: [
-                {"frame": f, "share": n / possible}
-                for f, n in sorted(frames[name].items(), key=lambda kv: -kv[1])
-                if "threading.py" not in f and "<frozen" not in f
-            ][:12]
-            for name in list(busy)[:3]
-        }
-        return {"seconds": seconds, "rate_hz": self.RATE, "busy_share": busy, "top_frames": top}
+        return summarise_samples(text, seconds, self.RATE)
+
+
+def summarise_samples(text: str, seconds: float, rate: int) -> dict[str, Any]:
+    """py-spy's raw samples (`record --threads --subprocesses --format raw`) as each thread's
+    busy share of the wall time and its busiest frames; a child process's threads are named
+    after it (e.g. `VLLM::Worker_TP0: MainThread`)."""
+    threads: dict[str, int] = {}
+    frames: dict[str, dict[str, int]] = {}
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        parts = stack.split(";")
+        # With --subprocesses a stack starts with its process chain ("process 12:"CMD"");
+        # then "thread (123): name" -> name (ids differ from run to run), prefixed by the
+        # process's command line for a child (e.g. VLLM::EngineCore).
+        chain = [q for q in parts if q.startswith("process ")]
+        parts = parts[len(chain) :]
+        if not parts:
+            continue
+        name = parts[0].split(": ", 1)[-1].strip('"')
+        if len(chain) > 1:
+            name = f"{_process_label(chain[-1])}: {name}"
+        threads[name] = threads.get(name, 0) + int(count)
+        mine = frames.setdefault(name, {})
+        for frame in set(parts[1:]):
+            mine[frame] = mine.get(frame, 0) + int(count)
+    possible = max(1.0, seconds * rate)
+    busy = {k: v / possible for k, v in sorted(threads.items(), key=lambda kv: -kv[1])}
+    top = {
+        name: [
+            {"frame": f, "share": n / possible}
+            for f, n in sorted(frames[name].items(), key=lambda kv: -kv[1])
+            if "threading.py" not in f and "<frozen" not in f
+        ][:12]
+        for name in list(busy)[:3]
+    }
+    return {"seconds": seconds, "rate_hz": rate, "busy_share": busy, "top_frames": top}
+
+
+def _process_label(entry: str) -> str:
+    """`process 12:"CMD ARGS"` -> a short name for the child: its command's first word (vLLM
+    titles its processes, e.g. VLLM::EngineCore), without the pid."""
+    command = entry.split(":", 1)[-1].strip().strip('"')
+    return command.split()[0][:40] if command else "child"
 
 
 # ---------------------------------------------------------------- the run
