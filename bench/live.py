@@ -115,6 +115,31 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def process_rss(pid: int) -> dict[str, int]:
+    """Resident bytes of a process ("server") and of each descendant, by its title (vLLM names
+    its engine cores and workers, e.g. VLLM::EngineCore); same titles are summed, numbered
+    by order of appearance when the tree holds several engines."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    out: dict[str, int] = {}
+    for p in procs:
+        try:
+            rss = p.memory_info().rss
+            title = "server" if p.pid == pid else (p.cmdline() or [p.name()])[0]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        name, n = title.split("/")[-1][:40], 1
+        while f"{name}#{n}" in out:
+            n += 1
+        out[f"{name}#{n}" if p.pid != pid else name] = rss
+    return out
+
+
 def rss_split(pid: int) -> tuple[int, int]:
     """Resident bytes of the process itself and of its descendants (vLLM's engine cores)."""
     import psutil
@@ -217,6 +242,8 @@ class LiveServer:
             run_dir, self.port, env, log_prefix="glore-bench"
         )
         self.peak_rss = 0
+        # Each process's own peak, by name (the server; vLLM's VLLM::EngineCore, ...).
+        self.peak_by_process: dict[str, int] = {}
         self._stop_sampling = threading.Event()
         self._sampler = threading.Thread(target=self._sample, args=(sample_every_s,), daemon=True)
         self._sampler.start()
@@ -229,6 +256,8 @@ class LiveServer:
     def _sample(self, every_s: float) -> None:
         while not self._stop_sampling.wait(every_s):
             self.peak_rss = max(self.peak_rss, tree_rss(self.process.pid))
+            for name, rss in process_rss(self.process.pid).items():
+                self.peak_by_process[name] = max(self.peak_by_process.get(name, 0), rss)
 
     def _wait_ready(self, timeout_s: float) -> float:
         import httpx

@@ -552,6 +552,9 @@ def bench_service(args: argparse.Namespace) -> dict[str, Any]:
             report["overhead"] = asyncio.run(overhead(server.url, run_dir, where, bodies))
             progress.advance(task)
             report["peak_rss_mib"] = server.peak_rss / 2**20
+            report["peak_rss_by_process_mib"] = {
+                k: round(v / 2**20) for k, v in server.peak_by_process.items()
+            }
     report["host"]["loadavg_before"] = load_before
     report["host"]["loadavg_after"] = os.getloadavg()
     report["summary"] = summarise(report, args.eval_report)
@@ -808,6 +811,14 @@ def markdown(r: dict[str, Any]) -> str:
         f"peak RSS of the server's process tree: **{r['peak_rss_mib']:.0f} MiB** "
         f"({r['rss_after_ready_mib']:.0f} MiB when ready)",
         *_breakdown_lines(r.get("cold_start_breakdown")),
+        *(
+            [
+                "- peak RSS by process: "
+                + ", ".join(f"{k} {v} MiB" for k, v in r["peak_rss_by_process_mib"].items())
+            ]
+            if r.get("peak_rss_by_process_mib")
+            else []
+        ),
         "",
         "## Targets",
         "",

@@ -79,6 +79,7 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
     assert service.run(args) == 0
     report = json.loads((tmp_path / "bench-service-hf.json").read_text())
     assert report["cold_start_s"] > 0 and report["peak_rss_mib"] > 50
+    assert report["peak_rss_by_process_mib"]["server"] > 50
     split = report["cold_start_breakdown"]
     assert split["engines_s"] and all(v > 0 for v in split["engines_s"].values())
     assert 0 < split["models_s"] < report["cold_start_s"]
