@@ -3,7 +3,6 @@ memory of its process tree (vLLM runs engine cores as children), and a clean sto
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -101,24 +100,13 @@ class Deployment:
 
 def tree_rss(pid: int) -> int:
     """Resident bytes of a process and all its descendants."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += p.memory_info().rss
-    return total
+    return sum(process_rss(pid).values())
 
 
 def process_rss(pid: int) -> dict[str, int]:
     """Resident bytes of a process ("server") and of each descendant, by its title (vLLM names
-    its engine cores and workers, e.g. VLLM::EngineCore); same titles are summed, numbered
-    by order of appearance when the tree holds several engines."""
+    its engine cores and workers, e.g. VLLM::EngineCore), numbered by order of appearance
+    (`VLLM::Worker#2` when the tree holds several engines)."""
     import psutil
 
     try:
@@ -130,13 +118,19 @@ def process_rss(pid: int) -> dict[str, int]:
     for p in procs:
         try:
             rss = p.memory_info().rss
-            title = "server" if p.pid == pid else (p.cmdline() or [p.name()])[0]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except psutil.NoSuchProcess:
             continue
-        name, n = title.split("/")[-1][:40], 1
-        while f"{name}#{n}" in out:
+        if p.pid == pid:
+            out["server"] = rss
+            continue
+        try:
+            title = (p.cmdline() or [p.name()])[0].split("/")[-1][:40]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            title = "child"
+        n = 1
+        while f"{title}#{n}" in out:
             n += 1
-        out[f"{name}#{n}" if p.pid != pid else name] = rss
+        out[f"{title}#{n}"] = rss
     return out
 
 
@@ -255,8 +249,10 @@ class LiveServer:
 
     def _sample(self, every_s: float) -> None:
         while not self._stop_sampling.wait(every_s):
-            self.peak_rss = max(self.peak_rss, tree_rss(self.process.pid))
-            for name, rss in process_rss(self.process.pid).items():
+            # One walk of the process tree a sample: its total and each process's share.
+            by_process = process_rss(self.process.pid)
+            self.peak_rss = max(self.peak_rss, sum(by_process.values()))
+            for name, rss in by_process.items():
                 self.peak_by_process[name] = max(self.peak_by_process.get(name, 0), rss)
 
     def _wait_ready(self, timeout_s: float) -> float:
