@@ -57,27 +57,21 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["errors_5xx"] == 0 else 1
 
 
-def resolved_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`--engine-options`, or the backend's bench defaults."""
-    from bench.live import BENCH_OPTIONS
+def _server_env(args: argparse.Namespace, **settings: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """The bench server's environment (its threads, quiet logs, the backend and `settings`)
+    and the engine options it gives every role: `--engine-options`, or the backend's bench
+    defaults."""
+    from bench.live import Deployment
     from bench.service import engine_options
 
-    given = engine_options(args.engine_options)
-    return dict(BENCH_OPTIONS.get(args.backend, {}) if given is None else given)
-
-
-def _server_env(
-    args: argparse.Namespace, options: dict[str, Any], **settings: str
-) -> dict[str, str]:
-    """The bench server's environment: its threads, quiet logs, the backend and `settings`."""
-    from bench.live import Deployment
-
-    return {
+    where = Deployment.parse(args.backend, engine_options(args.engine_options))
+    env = {
         "OMP_NUM_THREADS": str(args.threads),
         "GLORE_LOG_LEVEL": "WARNING",
         **settings,
-        **Deployment.parse(args.backend, options).env(),
+        **where.env(),
     }
+    return env, dict(where.generator_options)
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,8 +92,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     if args.concurrency < 1 or args.requests < args.windows or args.windows < 2:
         raise ValueError("need concurrency >= 1, windows >= 2 and requests >= windows")
     run_dir, source = resolve_run(args.run)
-    options = resolved_options(args)
-    env = _server_env(args, options, GLORE_LIMITS__MAX_IN_FLIGHT=str(max(64, 2 * args.concurrency)))
+    env, options = _server_env(args, GLORE_LIMITS__MAX_IN_FLIGHT=str(max(64, 2 * args.concurrency)))
     qs = questions(256, args.seed)
     mix = MIXES[args.mix]
     per_window = args.requests // args.windows
@@ -204,8 +197,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
     if args.burst < 1:
         raise ValueError("--burst needs N >= 1")
     run_dir, source = resolve_run(args.run)
-    options = resolved_options(args)
-    env = _server_env(args, options)  # the server's own limits: the burst is what is measured
+    env, _ = _server_env(args)  # the server's own limits: the burst is what is measured
     qs = questions(args.burst, args.seed)
     bodies = [{"question": q} for q in qs]
     with LiveServer(run_dir, env) as server:
