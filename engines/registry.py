@@ -166,7 +166,12 @@ def engine_groups(specs: Mapping[Role, EngineSpec]) -> list[tuple[Role, ...]]:
     serves, in load order (e.g. a run with refiners as adapters: policy and both refiners on
     one engine)."""
     _, groups, role_keys = _plan(specs)
-    return [tuple(r for r, k in role_keys.items() if k == key) for key in groups]
+    return [_roles_of(role_keys, key) for key in groups]
+
+
+def _roles_of(role_keys: Mapping[Role, tuple[Any, ...]], key: tuple[Any, ...]) -> tuple[Role, ...]:
+    """The roles one engine (its share key) serves, in load order."""
+    return tuple(r for r, k in role_keys.items() if k == key)
 
 
 def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
@@ -206,7 +211,7 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
     except BaseException:
         _close_now(list(loaded.values()))
         raise
-    names = {key: "+".join(r.value for r, k in role_keys.items() if k == key) for key in loaded}
+    names = {k: "+".join(r.value for r in _roles_of(role_keys, k)) for k in seconds}
     return EngineSet(by_role, loaded.values(), {names[k]: s for k, s in seconds.items()})
 
 
