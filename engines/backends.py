@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from engines.base import Backend, EngineLoadError, EngineSpec, Generator, Role, Scorer
 from engines.hf import HFGenerator, HFOptions, HFScorer
 from engines.options import EngineOptions
+from engines.remote import RemoteGenerator, RemoteOptions, RemoteScorer
 from engines.vllm import VLLMGenerator, VLLMOptions, VLLMScorer
 
 OptionsT = TypeVar("OptionsT", bound=EngineOptions)
@@ -61,6 +62,13 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         options=VLLMOptions,
         # vLLM schedules continuously; this caps the sequences in its running batch.
         batch_size_option="max_num_seqs",
+    ),
+    Backend.REMOTE: BackendSpec(
+        generator=RemoteGenerator,
+        scorer=RemoteScorer,
+        options=RemoteOptions,
+        # The server schedules; this caps the connections one engine opens to it.
+        batch_size_option="max_connections",
     ),
 }
 

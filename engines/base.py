@@ -31,6 +31,7 @@ class Backend(StrEnum):
 
     HF = "hf"
     VLLM = "vllm"
+    REMOTE = "remote"
 
 
 FinishReason = Literal["stop", "length"]

@@ -207,6 +207,9 @@ def load_engines(specs: Mapping[Role, EngineSpec]) -> EngineSet:
                     engine = engine.with_adapter(str(adapter))  # type: ignore[attr-defined]
                 except ValueError as exc:
                     raise EngineLoadError(str(exc), role=str(role), path=spec.path) from exc
+            labelled = getattr(engine, "for_role", None)
+            if labelled is not None:  # an engine that counts its calls by role (remote)
+                engine = labelled(role.value)
             by_role[role] = engine
     except BaseException:
         _close_now(list(loaded.values()))

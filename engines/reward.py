@@ -67,3 +67,18 @@ def step_probs(logits: Any, ids: Sequence[int], tag_id: int) -> StepScores:
     positions = [i for i, t in enumerate(ids) if t == tag_id]
     probs = torch.softmax(logits[positions].float(), dim=-1)[:, 1]
     return StepScores(tuple(float(p) for p in probs))
+
+
+def step_probs_from_rows(
+    rows: Sequence[Sequence[float]], ids: Sequence[int], tag_id: int
+) -> StepScores:
+    """step_probs for logits as plain rows (a server's JSON), without torch: softmax over two
+    labels is the logistic of their difference, computed in double precision."""
+    import math
+
+    probs = []
+    for i, t in enumerate(ids):
+        if t == tag_id:
+            no, yes = float(rows[i][0]), float(rows[i][1])
+            probs.append(1.0 / (1.0 + math.exp(no - yes)))
+    return StepScores(tuple(probs))

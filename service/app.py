@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from engines.base import EngineSpec, Role
+from engines.base import Backend, EngineSpec, Role
 from engines.reranker import resolve_reranker
 from service.errors import ErrorCode, ErrorDetail, ServiceError
 from service.faults import FaultInjector
@@ -191,7 +191,8 @@ async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
 
         loaded = await asyncio.to_thread(load_engines, specs)
         if state.profile is not None:
-            state.question_tokenizer = await asyncio.to_thread(_tokenizer, specs[Role.POLICY].path)
+            state.question_tokenizer = await asyncio.to_thread(_tokenizer, specs[Role.POLICY])
+        state.metrics.watch_upstream(loaded, loaded.roles)
         state.engines = FaultInjector(loaded) if state.settings.debug_faults else loaded
     except Exception as exc:
         state.load_error = str(exc)
@@ -205,10 +206,15 @@ async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
     state.role_status()
 
 
-def _tokenizer(path: str) -> Any:
+def _tokenizer(spec: EngineSpec) -> Any:
+    if spec.backend == Backend.REMOTE:
+        # A replica whose models are all remote imports no torch (transformers would).
+        from engines.tokens import LightTokenizer
+
+        return LightTokenizer(str(spec.options.get("tokenizer") or spec.path))
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(spec.path)
 
 
 def _add_error_handlers(app: FastAPI, state: ServiceState) -> None:

