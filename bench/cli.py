@@ -11,6 +11,10 @@ import importlib
 MODULES = {
     "service": ("bench.service", "a live server: latency, overhead, batching, cold start, memory"),
     "load": ("bench.load", "a soak of a live server: RSS and latency over many requests"),
+    "orchestrator": (
+        "bench.orchestrator",
+        "a replica with every role remote on vLLM servers: cold start, RSS, no torch",
+    ),
     "adapters": (
         "bench.adapters",
         "a full run against the same run with refiners as LoRA adapters: accuracy, cold start, "
@@ -21,7 +25,7 @@ MODULES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(
-        dest="bench", metavar="{engines,service,load,adapters}", required=True
+        dest="bench", metavar="{engines,service,load,orchestrator,adapters}", required=True
     )
     p = sub.add_parser(
         "engines",

@@ -52,7 +52,7 @@ class ModelServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, wait: bool = True, timeout_s: float = 300) -> ModelServer:
+    def start(self, *, wait: bool = True, timeout_s: float = 900) -> ModelServer:
         command = [
             sys.executable,
             "-m",
@@ -81,7 +81,7 @@ class ModelServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def wait_ready(self, timeout_s: float = 300) -> None:
+    def wait_ready(self, timeout_s: float = 900) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
@@ -153,6 +153,9 @@ def model_server(
         **os.environ,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         "TOKENIZERS_PARALLELISM": "false",
+        # vLLM's CPU worker would pin its threads to one core it picks; on a shared machine
+        # that core may be the busiest, and the worker's start then stalls for minutes.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         **(env or {}),
     }
     return ModelServer(str(model), port or free_port(), args, full_env)

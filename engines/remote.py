@@ -517,7 +517,10 @@ class RemoteGenerator(_RemoteEngine):
 
     def _check_routes(self, client: httpx.Client) -> None:
         for adapter in self._adapters:
-            self._target(adapter)  # each loaded adapter must be a model of the server
+            try:
+                self._target(adapter)  # each loaded adapter must be a model of the server
+            except ValueError as exc:
+                raise EngineLoadError(str(exc), path=self.options.base_url) from None
         body: dict[str, Any] = {
             "model": self.model,
             "prompt": self.tokenizer.encode("1", add_special_tokens=False) or [0],

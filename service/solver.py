@@ -10,11 +10,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from engines.base import EngineError, Generator, InputError
+from engines.base import EngineError, Generator, InputError, Role
 from engines.text import TextContractError, clean_question
 from service.errors import ErrorCode, ServiceError, field_error
 from service.logs import request_id_var
-from service.pipeline import Engines, PipelineConfig, Solution, StrategyName, solve
+from service.pipeline import REQUIRED_ROLES, Engines, PipelineConfig, Solution, StrategyName, solve
 from service.profile import QuestionWarning, check, read_questions
 from service.schemas import Knobs
 from service.state import ServiceState
@@ -92,7 +92,7 @@ class Solver:
         the time limit, 499 when the client left (the work is cancelled), 422 naming the field
         when a model cannot take the request's input, 500 when a model (or our code) fails, 503
         when a model died. Each route renders the result as its own wire model."""
-        engines = self.state.check_ready(admitted=True)
+        engines = self.state.check_ready(admitted=True, roles=REQUIRED_ROLES[strategy])
         limit = min(self.state.settings.limits.request_timeout_s, timeout_s or math.inf)
         left = limit
         if admitted_at is not None:  # the time spent in line counts against the limit
@@ -123,7 +123,7 @@ class Solver:
             solution, warnings = work.result()
         except EngineError as exc:
             logger.error("engine failed: %s", exc, exc_info=exc)
-            raise self._engine_failure(exc) from None
+            raise self._engine_failure(exc, REQUIRED_ROLES[strategy]) from None
         except (TextContractError, InputError) as exc:
             # The request's own input: a 422 naming the field (our message, never a library's).
             field = exc.field if isinstance(exc, InputError) else None
@@ -183,12 +183,14 @@ class Solver:
             return []
         return check(reading, profile)
 
-    def _engine_failure(self, exc: EngineError) -> ServiceError:
-        """503 when a model is now dead (this replica cannot serve: /ready says so too), 500
-        when a model failed one call but still reports healthy."""
+    def _engine_failure(self, exc: EngineError, roles: frozenset[Role]) -> ServiceError:
+        """503 naming the models among `roles` (the strategy's) that are now dead (/ready says
+        so too), 500 when a model failed one call but still reports healthy."""
         request_id = request_id_var.get()
         dead = [
-            role.value for role, (healthy, _) in self.state.role_status().items() if not healthy
+            role.value
+            for role, (healthy, _) in self.state.role_status().items()
+            if not healthy and role in roles
         ]
         if dead:
             return ServiceError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,14 +70,22 @@ class ServiceState:
             self.metrics.engine_ready.labels(role=role.value).set(1 if healthy else 0)
         return status
 
-    def check_ready(self, *, admitted: bool = False) -> ServedEngines:
+    def check_ready(
+        self, *, admitted: bool = False, roles: Iterable[Role] | None = None
+    ) -> ServedEngines:
         """The engines, or a 503 that says why they cannot serve. A request `admitted` before
-        a SIGTERM is still served while the server drains."""
+        a SIGTERM is still served while the server drains. With `roles`, only those must be
+        healthy (a solve that never calls a dead model server is not refused for it)."""
         retry = {"Retry-After": str(self.settings.limits.retry_after_s)}
         if self.draining and not admitted:
             raise ServiceError(ErrorCode.SHUTTING_DOWN, "server is shutting down", headers=retry)
         status = self.role_status()
-        bad = {role: detail for role, (healthy, detail) in status.items() if not healthy}
+        needed = set(Role) if roles is None else set(roles)
+        bad = {
+            role: detail
+            for role, (healthy, detail) in status.items()
+            if not healthy and role in needed
+        }
         if self.engines is None or bad:
             details = [ErrorDetail(loc=["roles", r.value], msg=d) for r, d in bad.items()]
             what = "failed to load" if self.load_error else "not ready"

@@ -127,9 +127,13 @@ def test_an_option_of_the_wrong_type_is_refused_by_name(toy: str) -> None:
     assert err.value.role == "policy" and "/ckpt" in str(err.value)
 
 
+# The options a backend cannot do without (where its model is).
+REQUIRED_OPTIONS: dict[str, dict[str, object]] = {Backend.REMOTE: {"base_url": "http://model:8000"}}
+
+
 @pytest.mark.parametrize("backend", ["toy", *Backend])
 def test_a_scorer_refuses_the_generator_only_options(toy: str, backend: str) -> None:
-    spec = EngineSpec("/ckpt", backend, {"adapter": "loud"})
+    spec = EngineSpec("/ckpt", backend, {"adapter": "loud", **REQUIRED_OPTIONS.get(backend, {})})
     with pytest.raises(EngineLoadError, match=r"unknown option\(s\) \['adapter'\]"):
         engine_options(Role.ORM, spec)
     assert engine_options(Role.POLICY, spec).adapter == "loud"
@@ -193,7 +197,7 @@ def _readme_rows(name: str) -> list[str]:
     model = BACKENDS[name].options
     return [
         f"| `{name}` | `{option}`{' (generators)' if is_generator_only(info) else ''} | "
-        f"{shown(info.default)} | {info.description} |"
+        f"{'required' if info.is_required() else shown(info.default)} | {info.description} |"
         for option, info in model.model_fields.items()
     ]
 
@@ -202,6 +206,8 @@ def _readme_rows(name: str) -> list[str]:
 def test_the_readme_lists_every_option_of_a_shipped_backend_as_its_model_declares(
     backend: str,
 ) -> None:
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[3]
+    # A backend's table may live in the README or in its own page under docs/.
+    readme = "\n".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
     missing = [row for row in _readme_rows(backend) if row not in readme]
-    assert not missing, "README rows out of date:\n" + "\n".join(missing)
+    assert not missing, "README (or docs/) rows out of date:\n" + "\n".join(missing)
