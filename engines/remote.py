@@ -127,7 +127,14 @@ class RemoteOptions(EngineOptions):
 
 
 Outcome = Literal[
-    "ok", "refused", "unavailable", "timeout", "disconnected", "bad_request", "server_error"
+    "ok",
+    "cancelled",
+    "refused",
+    "unavailable",
+    "timeout",
+    "disconnected",
+    "bad_request",
+    "server_error",
 ]
 
 
@@ -306,6 +313,9 @@ class _Server:
             raise
         except InputError:
             outcome = "bad_request"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # the caller gave up (time limit, client gone): no error
             raise
         finally:
             if observer is not None:

@@ -151,8 +151,8 @@ class Metrics:
         self.upstream_duration = Histogram(
             "glore_upstream_request_duration_seconds",
             "Time of each call to a role's model server, retries included, by role, route "
-            "(/v1/completions, /pooling) and outcome (ok, refused, unavailable, timeout, "
-            "disconnected, bad_request, server_error).",
+            "(/v1/completions, /pooling) and outcome (ok, cancelled, refused, unavailable, "
+            "timeout, disconnected, bad_request, server_error).",
             ["role", "route", "outcome"],
             buckets=STAGE_BUCKETS,
             registry=r,
@@ -199,7 +199,7 @@ class Metrics:
         self.upstream_duration.labels(role=role, route=call.route, outcome=call.outcome).observe(
             call.seconds
         )
-        if call.outcome != "ok":
+        if call.outcome not in ("ok", "cancelled"):
             self.upstream_errors.labels(role=role, outcome=call.outcome).inc()
         if call.retries:
             self.upstream_retries.labels(role=role).inc(call.retries)
