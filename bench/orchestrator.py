@@ -100,14 +100,17 @@ def bench_orchestrator(args: argparse.Namespace) -> dict[str, Any]:
     started = []
     try:
         policy_url, scorer_url, model = args.policy_url, args.scorer_url, None
+        # Both servers start side by side; each takes a while on a small CPU.
         if policy_url is None:
             server = model_server(run / "policy", served_name="policy")
-            started.append(server.start())
+            started.append(server.start(wait=False))
             policy_url, model = server.url, "policy"
         if scorer_url is None:
             server = model_server(run / "orm", served_name="orm", runner="pooling")
-            started.append(server.start())
+            started.append(server.start(wait=False))
             scorer_url = server.url
+        for server in started:
+            server.wait_ready()
         env = _env(policy_url, scorer_url, model)
         starts = []
         for i in range(args.starts):

@@ -30,21 +30,30 @@ QUESTION = "Mia has 3 apples and buys 4 more. How many apples does she have?"
 
 
 @pytest.fixture(scope="module")
-def policy_server(tiny_checkpoints: TinyCheckpoints) -> Iterator[ModelServer]:
-    server = model_server(tiny_checkpoints.run_dir / "policy", served_name="policy")
+def model_servers(tiny_checkpoints: TinyCheckpoints) -> Iterator[tuple[ModelServer, ModelServer]]:
+    """The policy's completions server and the reward models' pooling server, started side by
+    side (each takes a while on a small CPU) and stopped at the end, whatever happened."""
+    policy = model_server(tiny_checkpoints.run_dir / "policy", served_name="policy")
+    scorer = model_server(tiny_checkpoints.run_dir / "orm", served_name="scorer", runner="pooling")
     try:
-        yield server.start()
+        policy.start(wait=False)
+        scorer.start(wait=False)
+        policy.wait_ready()
+        scorer.wait_ready()
+        yield policy, scorer
     finally:
-        server.stop()
+        policy.stop()
+        scorer.stop()
 
 
 @pytest.fixture(scope="module")
-def scorer_server(tiny_checkpoints: TinyCheckpoints) -> Iterator[ModelServer]:
-    server = model_server(tiny_checkpoints.run_dir / "orm", served_name="scorer", runner="pooling")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+def policy_server(model_servers: tuple[ModelServer, ModelServer]) -> ModelServer:
+    return model_servers[0]
+
+
+@pytest.fixture(scope="module")
+def scorer_server(model_servers: tuple[ModelServer, ModelServer]) -> ModelServer:
+    return model_servers[1]
 
 
 def remote_env(policy: ModelServer, scorer: ModelServer) -> dict[str, str]:
