@@ -233,10 +233,12 @@ async def test_cancelling_a_call_aborts_its_requests_on_the_server(
         task = asyncio.create_task(remote_generator.generate(prompts, params))
         await asyncio.sleep(whole_s / 5)
         task.cancel()
+        cancelled_at = time.monotonic()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # The server stops generating for the cancelled call: its token count settles, well
-        # short of what the whole call generated.
+        # The server stops generating for the cancelled call: its token count settles long
+        # before the whole call would have ended, short of what the whole call generated. (On
+        # a shared CPU the split of work over time varies, so the bounds are loose.)
         settled = await _generated(client)
         while True:
             await asyncio.sleep(0.5)
@@ -244,7 +246,9 @@ async def test_cancelling_a_call_aborts_its_requests_on_the_server(
             if now == settled:
                 break
             settled = now
-        assert settled - before < whole / 2, (settled - before, whole)
+        settle_s = time.monotonic() - cancelled_at
+        assert settle_s < (whole_s - whole_s / 5) / 2, (settle_s, whole_s)
+        assert settled - before < 0.9 * whole, (settled - before, whole)
 
 
 async def _generated(client: httpx.AsyncClient) -> float:
