@@ -64,5 +64,5 @@ def test_the_hand_written_questions_parse_and_state_their_answers(tmp_path: Path
     assert len(rows) >= 30 and all(r["answer"].isdigit() for r in rows)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "How many?"}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
         load_questions(bad)
