@@ -80,6 +80,8 @@ def _bounds(info: FieldInfo) -> str:
 
 
 def _default(info: FieldInfo) -> Any:
+    if info.is_required():
+        return "required"
     return info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
 
 
@@ -143,7 +145,7 @@ def option_rows() -> list[str]:
 
     return [
         f"| `{name}` | `{option}`{' (generators)' if is_generator_only(info) else ''} | "
-        f"{shown(info.default)} | {info.description} |"
+        f"{'required' if info.is_required() else shown(info.default)} | {info.description} |"
         for name, row in BACKENDS.items()
         for option, info in row.options.model_fields.items()
     ]

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
-from engines.backends import BACKENDS
+from engines.backends import BACKENDS, BackendSpec
 from engines.base import Role
+from engines.options import EngineOptions
 from scripts.mkdocs_hooks import front_page, options_table, render, setting_rows, site_links
 from service.settings import OTHER_ENV, Settings, known_env_names
 from training.pipeline import STAGES
@@ -61,13 +63,21 @@ def test_the_configuration_page_names_every_other_glore_variable() -> None:
     assert not [name for name in OTHER_ENV if f"`{name}`" not in page]
 
 
+class _ServerOptions(EngineOptions):
+    url: str = Field(description="Where the server listens.")
+    max_batch: int = Field(default=8, description="Most rows at once.")
+
+
 def test_a_backend_added_to_the_table_appears_in_the_options_table_unedited(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(BACKENDS, "another", BACKENDS["hf"])
+    hf = BACKENDS["hf"]
+    row = BackendSpec(hf.generator, hf.scorer, _ServerOptions, batch_size_option="max_batch")
+    monkeypatch.setitem(BACKENDS, "another", row)
     table = options_table()
-    for option in BACKENDS["hf"].options.model_fields:
-        assert f"| `another` | `{option}`" in table
+    assert "| `another` | `url` | required | Where the server listens. |" in table
+    assert "| `another` | `max_batch` | 8 | Most rows at once. |" in table
+    assert "| `another` | `adapter` (generators) | none |" in table
     assert "<!-- generated: backend-options -->" in (DOCS / "engines.md").read_text()
 
 

@@ -194,7 +194,7 @@ def _page_rows(name: str) -> list[str]:
     model = BACKENDS[name].options
     return [
         f"| `{name}` | `{option}`{' (generators)' if is_generator_only(info) else ''} | "
-        f"{shown(info.default)} | {info.description} |"
+        f"{'required' if info.is_required() else shown(info.default)} | {info.description} |"
         for option, info in model.model_fields.items()
     ]
 
