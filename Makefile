@@ -9,7 +9,7 @@ RUN    ?= models/tiny
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve train test lint sysdeps venv clean clean-images
+.PHONY: serve train test lint docs sysdeps venv clean clean-images
 
 venv: $(STAMP)
 
@@ -50,10 +50,17 @@ train: venv
 	$(BIN)/glore train all --preset tiny --out runs/tiny
 	$(BIN)/glore export --run runs/tiny --out models/tiny --serving-from reports/tiny/report.json
 
+# The docs site is built first: --strict fails on a broken link, a missing page or one left out
+# of the nav (mkdocs.yml).
 test: venv sysdeps lint
+	$(BIN)/mkdocs build --strict
 	$(BIN)/python -m pytest tests
 
-# lint-imports checks the README's import rules (the contracts in pyproject.toml).
+# Serve the documentation site (docs/, with README.md as its front page) while you edit it.
+docs: venv
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+# lint-imports checks the import rules of docs/design.md (the contracts in pyproject.toml).
 lint: venv
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --no-cache --check .
@@ -61,7 +68,7 @@ lint: venv
 	$(BIN)/lint-imports --no-cache
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
 
 # The container tests keep their images (base, glore, nginx, Prometheus: several GB) so the next
 # run is fast; this removes them and the build cache they leave.

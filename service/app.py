@@ -220,7 +220,7 @@ def _add_error_handlers(app: FastAPI, state: ServiceState) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            # A body that is not JSON is a bad request (400), as the README says; a JSON body
+            # A body that is not JSON is a bad request (400), as docs/service.md says; a JSON body
             # with a wrong field is a validation error (422).
             where = errors[0].get("ctx", {}).get("error", "invalid JSON")
             return state.error_response(

@@ -136,7 +136,7 @@ class DroppedOut(BaseModel):
 
 class WarningOut(BaseModel):
     code: str = Field(
-        description="unseen_words, longer_than_training or unlikely_question (see the README)."
+        description="unseen_words, longer_than_training or unlikely_question (see docs/service.md)."
     )
     message: str
 

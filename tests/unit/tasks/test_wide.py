@@ -161,8 +161,8 @@ def test_the_basic_family_holds_out_the_words_past_its_bounds() -> None:
 
 
 def test_groups_and_an_update_can_share_the_opening_sentence(train: list) -> None:
-    # The README's Deployment question has this shape: "Ann has 3 boxes of 12 pencils and
-    # gives away 5".
+    # The unseen-name question of docs/deployment.md has this shape: "Ann has 3 boxes of 12
+    # pencils and gives away 5".
     joined = [p for p in train if re.match(r"[A-Z][a-z]+ (has|buys) \d+ \w+ of \d+ \w+(,| and) ",
                                            p.question)]  # fmt: skip
     assert len(joined) >= 10
