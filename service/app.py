@@ -51,7 +51,7 @@ refinements concurrently; the ORM reranks them all.
 
 Every error answers with one body, `{"error": {"code", "message", "request_id", "details"}}`,
 and the request id is echoed in `X-Request-Id`. When API keys are configured, every route but
-`/health` and `/ready` needs `Authorization: Bearer <key>`.
+`/health`, `/ready` and the web page (`/ui`) needs `Authorization: Bearer <key>`.
 """
 
 _HTTP_CODES = {

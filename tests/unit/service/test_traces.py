@@ -12,7 +12,7 @@ from glore.app import create_app
 from routers.ui import PUBLIC_PATHS
 from service.pipeline import StrategyName
 from service.schemas import SolveRequest, SolveResponse, StoredTrace
-from service.settings import Settings
+from service.settings import Settings, unknown_env
 from service.state import ANONYMOUS, TraceStore, key_owner
 from tests.support.fakes import make_engines
 
@@ -128,6 +128,7 @@ def test_a_server_that_keeps_no_traces_says_so_by_the_field() -> None:
 def test_the_trace_setting_reads_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLORE_TRACES__KEEP", "25")
     assert Settings().traces.keep == 25
+    assert unknown_env({"GLORE_TRACES__KEEP": "25"}) == []  # startup takes it as a setting
     monkeypatch.setenv("GLORE_TRACES__KEEP", "-1")
     with pytest.raises(ValueError, match="keep"):
         Settings()
