@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,7 +28,6 @@ from service.schemas import (
     ModelList,
     SolveRequest,
     SolveResponse,
-    StoredTrace,
 )
 from service.solver import Loc, Solved, Solver
 from service.state import ServiceState
@@ -75,11 +73,7 @@ async def solve(
     solved = await _run(solver, request, question, strategy, cfg, timeout_s=body.timeout_s)
     result = _solve_response(solved, cfg, include_trace=body.include_trace)
     if body.include_trace:
-        stored_at = datetime.now(UTC).isoformat(timespec="seconds")
-        trace = StoredTrace(
-            request_id=result.request_id, stored_at=stored_at, request=body, response=result
-        )
-        solver.state.traces.keep(trace, owner)
+        solver.state.traces.keep(body, result, owner)
     return result
 
 

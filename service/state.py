@@ -8,6 +8,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -21,7 +22,7 @@ from service.logs import request_id_var
 from service.metrics import Metrics
 from service.pipeline import ServedEngines
 from service.profile import QuestionProfile
-from service.schemas import StoredTrace
+from service.schemas import SolveRequest, SolveResponse, StoredTrace
 from service.settings import DefaultSource, Settings
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,17 @@ class TraceStore:
     def __len__(self) -> int:
         return len(self._traces)
 
-    def keep(self, trace: StoredTrace, owner: str) -> None:
-        """File `trace` under `owner` (a no-op when off). A request id sent again by the same
-        owner replaces its older trace; another owner's id never touches it."""
+    def keep(self, request: SolveRequest, response: SolveResponse, owner: str) -> None:
+        """File a solve under `owner`, stamped now (a no-op when off). A request id sent again
+        by the same owner replaces its older trace; another owner's id never touches it."""
         if not self.enabled:
             return
+        trace = StoredTrace(
+            request_id=response.request_id,
+            stored_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            request=request,
+            response=response,
+        )
         slot = (owner, trace.request_id)
         self._traces.pop(slot, None)
         self._traces[slot] = trace

@@ -3,6 +3,7 @@ another's; and the web page's routes: public, under a strict Content-Security-Po
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 from glore.app import create_app
 from routers.ui import PUBLIC_PATHS
 from service.pipeline import StrategyName
-from service.schemas import SolveRequest, SolveResponse, StoredTrace
+from service.schemas import SolveRequest, SolveResponse
 from service.settings import Settings, unknown_env
 from service.state import ANONYMOUS, TraceStore, key_owner
 from tests.support.fakes import make_engines
@@ -24,16 +25,12 @@ def settings(**overrides: Any) -> Settings:
     return Settings(log_json=True, **overrides)
 
 
-def trace(request_id: str, question: str = Q) -> StoredTrace:
+def solve(request_id: str, question: str = Q) -> tuple[SolveRequest, SolveResponse]:
+    """A request and a response, as /solve would hand them to the store."""
     response = SolveResponse.model_validate(
         SolveResponse.model_json_schema()["examples"][0] | {"request_id": request_id}
     )
-    return StoredTrace(
-        request_id=request_id,
-        stored_at="2026-01-01T00:00:00+00:00",
-        request=SolveRequest(question=question, include_trace=True),
-        response=response,
-    )
+    return SolveRequest(question=question, include_trace=True), response
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -46,16 +43,16 @@ def bearer(key: str) -> dict[str, str]:
 def test_traces_are_off_by_default_and_an_off_store_keeps_nothing() -> None:
     assert Settings().traces.keep == 0
     store = TraceStore(0)
-    store.keep(trace("a"), ANONYMOUS)
+    store.keep(*solve("a"), ANONYMOUS)
     assert not store.enabled and len(store) == 0 and store.get("a", ANONYMOUS) is None
 
 
 def test_the_store_keeps_only_the_newest_n_traces_of_all_keys_together() -> None:
     store = TraceStore(2)
-    store.keep(trace("a"), "k1")
-    store.keep(trace("b"), "k2")
-    store.keep(trace("a"), "k1")  # kept again: now the newest
-    store.keep(trace("c"), "k1")
+    store.keep(*solve("a"), "k1")
+    store.keep(*solve("b"), "k2")
+    store.keep(*solve("a"), "k1")  # kept again: now the newest
+    store.keep(*solve("c"), "k1")
     assert len(store) == 2
     assert store.get("b", "k2") is None
     assert store.get("a", "k1") is not None and store.get("c", "k1") is not None
@@ -63,8 +60,8 @@ def test_the_store_keeps_only_the_newest_n_traces_of_all_keys_together() -> None
 
 def test_one_keys_trace_is_neither_readable_nor_replaceable_by_another_key() -> None:
     store = TraceStore(4)
-    store.keep(trace("same-id", "asked by one"), key_owner("key-one"))
-    store.keep(trace("same-id", "asked by two"), key_owner("key-two"))
+    store.keep(*solve("same-id", "asked by one"), key_owner("key-one"))
+    store.keep(*solve("same-id", "asked by two"), key_owner("key-two"))
     one = store.get("same-id", key_owner("key-one"))
     two = store.get("same-id", key_owner("key-two"))
     assert one is not None and one.request.question == "asked by one"
@@ -99,7 +96,8 @@ def test_a_solve_with_include_trace_is_kept_for_its_key_and_no_other() -> None:
         assert kept.status_code == 200, kept.text
         body = kept.json()
         assert body["request"]["question"] == Q and body["request"]["include_trace"] is True
-        assert body["response"] == solved.json()
+        assert body["response"] == solved.json() and body["request_id"] == request_id
+        assert datetime.fromisoformat(body["stored_at"]).tzinfo is not None
         other = c.get(f"/traces/{request_id}", headers=bearer(KEYS[1]))
         unknown = c.get("/traces/never-made", headers=bearer(KEYS[1]))
         assert other.status_code == unknown.status_code == 404
