@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Debian programs the integration tests drive for real (Prometheus, nginx, and podman with what it
-# needs to build and run the images as root: netavark sets up container networks with iptables). Root only; a user without root installs them by
-# hand, and those tests fail (not skip) without them.
-SYSDEPS := prometheus nginx podman runc netavark aardvark-dns catatonit iptables debootstrap
+# needs to build and run the images as root: netavark sets up container networks with iptables;
+# chromium, which the web page's tests drive through Playwright). Root only; a user without root
+# installs them by hand, and those tests fail (not skip) without them.
+SYSDEPS := prometheus nginx podman runc netavark aardvark-dns catatonit iptables debootstrap chromium
 sysdeps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  missing=""; \

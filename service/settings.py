@@ -135,6 +135,19 @@ class Defaults(BaseModel):
     )
 
 
+class Traces(BaseModel):
+    """Recent solves kept for the web page's trace links (`/ui?request_id=…`): in memory only,
+    never written to disk, each readable only with the API key that made it."""
+
+    keep: int = Field(
+        default=0,
+        ge=0,
+        le=10000,
+        description="How many of the newest /solve responses made with include_trace to keep "
+        "(all keys together; the oldest goes first); 0: none, and GET /traces answers 404.",
+    )
+
+
 def pipeline_config(
     defaults: Defaults,
     *,
@@ -207,6 +220,7 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
     defaults: Defaults = Field(default_factory=Defaults)
+    traces: Traces = Field(default_factory=Traces)
 
     log_level: str = Field(
         default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (questions: DEBUG)."
