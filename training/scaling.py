@@ -20,7 +20,7 @@ import logging
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,6 +250,11 @@ def _pct(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
+def _cells(accuracy: dict[str, Any], cell: Callable[[dict[str, Any]], str]) -> list[str]:
+    """One table cell per part, in PARTS order ("–" where the part was not measured)."""
+    return ["–" if accuracy.get(p) is None else cell(accuracy[p]) for p in PARTS]
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# The policy at several sizes and seeds (dev split)",
@@ -264,14 +269,10 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---" for _ in PARTS) + " |",
     ]
     for r in report["runs"]:
-        cells = []
-        for p in PARTS:
-            a = r["accuracy"].get(p)
-            cells.append(
-                "–"
-                if a is None
-                else f"{_pct(a['accuracy'])} ({_pct(a['ci95'][0])}–{_pct(a['ci95'][1])})"
-            )
+        cells = _cells(
+            r["accuracy"],
+            lambda a: f"{_pct(a['accuracy'])} ({_pct(a['ci95'][0])}–{_pct(a['ci95'][1])})",
+        )
         lines.append(
             f"| {r['variant']} seed {r['seed']} | {r['parameters']:,} | {r['steps']:,} | "
             f"{r['train_seconds'] / 60:.1f} | {r['tokens_per_second']:,.0f} | "
@@ -288,14 +289,12 @@ def markdown(report: dict[str, Any]) -> str:
             "| --- | --- | " + " | ".join("---" for _ in PARTS) + " |",
         ]
         for name, v in spread.items():
-            cells = []
-            for p in PARTS:
-                a = v["accuracy"].get(p)
-                cells.append(
-                    "–"
-                    if a is None
-                    else f"{_pct(a['mean'])} ± {_pct(a['sd'])} ({_pct(a['min'])}–{_pct(a['max'])})"
-                )
+            cells = _cells(
+                v["accuracy"],
+                lambda a: (
+                    f"{_pct(a['mean'])} ± {_pct(a['sd'])} ({_pct(a['min'])}–{_pct(a['max'])})"
+                ),
+            )
             seeds = ", ".join(map(str, v["seeds"]))
             lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
         lines += ["", "(mean ± standard deviation over seeds, then the range)"]

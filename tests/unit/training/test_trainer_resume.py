@@ -24,11 +24,8 @@ TRAIN = TrainConfig(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread: None) -> None:
+    """Every test here on one torch thread (the fixture in conftest.py)."""
 
 
 @pytest.fixture(scope="module")
