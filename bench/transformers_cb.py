@@ -3,7 +3,8 @@ generator's on the same prompts, and checks their greedy text agrees; prints one
 
     python -m bench.transformers_cb [--prompts 32] [--max-new-tokens 48]
 
-Why the HF backend batches continuously with its own code: see the README (Engines).
+Why the HF backend batches continuously with its own code: see docs/engines.md and
+reports/transformers-cb.md.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from routers import debug, health, solve
+from routers import debug, health, solve, traces, ui
 from service.app import build_app
 from service.pipeline import ServedEngines
 from service.settings import Settings
@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None, engines: ServedEngines | None =
     otherwise the roles in `settings` (default: from GLORE_* variables) are loaded in the
     background after startup, and /ready says 503 until they are."""
     settings = settings or Settings()
-    routers = [solve.router, health.router]
+    routers = [solve.router, traces.router, health.router, ui.router]
     if settings.debug_faults:  # absent by default: a test checks that it answers 404
         routers.append(debug.router)
-    return build_app(settings, engines, routers)
+    return build_app(settings, engines, routers, public_paths=ui.PUBLIC_PATHS)

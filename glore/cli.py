@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("training.evaluation.cli", "evaluate a trained run and write the paper's tables"),
     "bench": ("bench.cli", "benchmarks: engines, service, load"),
     "export": ("training.export", "copy what serving needs from a run, with file hashes"),
+    "scaling": (
+        "training.scaling",
+        "train the policy at several sizes and seeds and compare them on the dev split",
+    ),
 }
 
 

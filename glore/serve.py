@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         workers=1,
     )
     print(
-        f"[glore serve] http://{settings.host}:{settings.port} (docs at /docs); models load in "
+        f"[glore serve] http://{settings.host}:{settings.port} (the page at /ui, API docs at "
+        "/docs); models load in "
         "the background and /ready answers 200 once they have",
         file=sys.stderr,
         flush=True,

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from engines.base import FinishReason
-from routers.deps import SolverDep, StateDep
+from routers.deps import OwnerDep, SolverDep, StateDep
 from service.errors import ErrorCode, field_error, responses
 from service.logs import request_id_var
 from service.pipeline import PipelineConfig, StrategyName
@@ -56,9 +56,12 @@ _ERRORS = responses(
     tags=["solve"],
     summary="Solve a math word problem with GLoRe (or a baseline strategy)",
 )
-async def solve(body: SolveRequest, request: Request, solver: SolverDep) -> SolveResponse:
+async def solve(
+    body: SolveRequest, request: Request, solver: SolverDep, owner: OwnerDep
+) -> SolveResponse:
     """Draft, score with the ORM and SORM, decide, refine globally and locally at once, and let
-    the ORM rerank: the answer comes with every candidate's score, the decision and timings."""
+    the ORM rerank: the answer comes with every candidate's score, the decision and timings.
+    With include_trace, a server that keeps traces keeps this one for `GET /traces/{id}`."""
     question = solver.check_question(body.question, ["body", "question"])
     strategy, cfg = solver.config(
         body,
@@ -68,7 +71,10 @@ async def solve(body: SolveRequest, request: Request, solver: SolverDep) -> Solv
         tokens_loc=["body", "max_new_tokens"],
     )
     solved = await _run(solver, request, question, strategy, cfg, timeout_s=body.timeout_s)
-    return _solve_response(solved, cfg, include_trace=body.include_trace)
+    result = _solve_response(solved, cfg, include_trace=body.include_trace)
+    if body.include_trace:
+        solver.state.traces.keep(body, result, owner)
+    return result
 
 
 async def _run(

@@ -51,7 +51,7 @@ refinements concurrently; the ORM reranks them all.
 
 Every error answers with one body, `{"error": {"code", "message", "request_id", "details"}}`,
 and the request id is echoed in `X-Request-Id`. When API keys are configured, every route but
-`/health` and `/ready` needs `Authorization: Bearer <key>`.
+`/health`, `/ready` and the web page (`/ui`) needs `Authorization: Bearer <key>`.
 """
 
 _HTTP_CODES = {
@@ -65,11 +65,15 @@ _HTTP_CODES = {
 
 
 def build_app(
-    settings: Settings, engines: ServedEngines | None, routers: Sequence[APIRouter]
+    settings: Settings,
+    engines: ServedEngines | None,
+    routers: Sequence[APIRouter],
+    public_paths: frozenset[str] = frozenset(),
 ) -> FastAPI:
     """The glore app serving `routers` (in order, then /metrics). `engines`, when given, are
     used as they are (and not closed by the app); otherwise the roles in `settings` are loaded
-    in the background after startup, and /ready says 503 until they are."""
+    in the background after startup, and /ready says 503 until they are. `public_paths` open
+    without an API key, as the probes do (the web page's)."""
     configure_logging(settings.log_level, settings.log_json)
     # A misspelt setting (GLORE_API_KEY for GLORE_API_KEYS) must not be ignored in silence.
     check_env()
@@ -82,7 +86,12 @@ def build_app(
     )
     # Fail at once on a configuration that names no checkpoints, not later in the background.
     specs = None if engines is not None else settings.engine_specs()
-    state = ServiceState(settings=settings, metrics=Metrics(), default_sources=sources)
+    state = ServiceState(
+        settings=settings,
+        metrics=Metrics(),
+        default_sources=sources,
+        public_paths=public_paths,
+    )
     # Also at once: an unknown or unreadable reranker is a configuration error.
     state.reranker = resolve_reranker(settings.defaults.reranker, settings.run_dir)
     logger.info("reranker: %s (from %s)", state.reranker.name, settings.defaults.reranker)
@@ -98,6 +107,11 @@ def build_app(
         logger.info(
             "question profile: warnings on %s",
             ", ".join(f"{k}={v}" for k, v in state.profile.thresholds.model_dump().items()),
+        )
+    if state.traces.enabled:
+        logger.info(
+            "keeping the last %d solve traces (include_trace) in memory for /traces and /ui",
+            state.traces.capacity,
         )
     state.idle.set()
     state.warnings = startup_warnings(settings)
@@ -226,7 +240,7 @@ def _add_error_handlers(app: FastAPI, state: ServiceState) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            # A body that is not JSON is a bad request (400), as the README says; a JSON body
+            # A body that is not JSON is a bad request (400), as docs/service.md says; a JSON body
             # with a wrong field is a validation error (422).
             where = errors[0].get("ctx", {}).get("error", "invalid JSON")
             return state.error_response(

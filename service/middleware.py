@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.admission import Refused
 from service.errors import ErrorCode
 from service.logs import request_id_var
-from service.state import ServiceState
+from service.state import ServiceState, key_owner
 
 logger = logging.getLogger("service.access")
 
@@ -95,11 +95,14 @@ class RequestContextMiddleware:
 
 
 class ApiKeyMiddleware:
-    """Bearer API keys on every route but the probes, compared in constant time."""
+    """Bearer API keys on every route but the probes (and the public paths the app was given:
+    the web page), compared in constant time. An accepted key's owner digest goes into the
+    request's state (`api_key_owner`), so what a key leaves behind (its traces) stays its own."""
 
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app, self.state = app, state
         self.keys = [k.get_secret_value().encode() for k in state.settings.api_keys]
+        self.public = PUBLIC_PATHS | state.public_paths
 
     def _valid(self, token: str) -> bool:
         given = token.encode()
@@ -109,7 +112,7 @@ class ApiKeyMiddleware:
         return ok
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
@@ -120,6 +123,7 @@ class ApiKeyMiddleware:
             )
             await response(scope, receive, send)
             return
+        scope.setdefault("state", {})["api_key_owner"] = key_owner(token.strip())
         await self.app(scope, receive, send)
 
 

@@ -22,7 +22,7 @@ from service.pipeline import (
     StrategyName,
 )
 from service.profile import QuestionWarning
-from service.settings import Defaults, DefaultSource, Limits, pipeline_config
+from service.settings import Defaults, DefaultSource, Limits, Settings, pipeline_config
 
 _SOLVE_EXAMPLE: dict[str, Any] = {
     "question": "Ann has 3 boxes of 12 pencils and gives away 5 pencils. How many are left?",
@@ -136,7 +136,7 @@ class DroppedOut(BaseModel):
 
 class WarningOut(BaseModel):
     code: str = Field(
-        description="unseen_words, longer_than_training or unlikely_question (see the README)."
+        description="unseen_words, longer_than_training or unlikely_question (see docs/service.md)."
     )
     message: str
 
@@ -373,6 +373,58 @@ def _candidate(scored: Scored, trace: bool) -> CandidateOut:
         orm_step_scores=list(scored.orm.step_probs) if trace and scored.orm else None,
         sorm_step_scores=list(scored.sorm.step_probs) if trace and scored.sorm else None,
     )
+
+
+class StoredTrace(BaseModel):
+    """A /solve kept for its trace link (settings `traces.keep`): the request as sent and the
+    response as answered, include_trace's texts and step scores with it."""
+
+    request_id: str
+    stored_at: str = Field(description="When the answer went out (UTC, ISO 8601).")
+    request: SolveRequest
+    response: SolveResponse
+
+
+class PageOptions(BaseModel):
+    """What the web page (/ui) draws its form from. Public, as /ready's defaults are: names and
+    numbers only, nothing a key would guard."""
+
+    strategies: list[StrategyName] = Field(
+        description="Every strategy, in the order the compare view runs them."
+    )
+    refine_modes: list[RefineMode]
+    local_when_unflagged: list[LocalWhenUnflagged]
+    defaults: dict[str, str | float | int] = Field(
+        description="What a request gets when it does not say (thresholds as /ready gives them)."
+    )
+    limits: dict[str, int] = Field(description="max_n, max_new_tokens and max_question_chars.")
+    auth: bool = Field(description="Whether every API route needs a bearer key.")
+    traces_kept: int = Field(description="How many solve traces the server keeps (0: none).")
+
+    @classmethod
+    def of(cls, settings: Settings) -> PageOptions:
+        d, limits = settings.defaults, settings.limits
+        return cls(
+            strategies=list(StrategyName),
+            refine_modes=list(RefineMode),
+            local_when_unflagged=list(LocalWhenUnflagged),
+            defaults={
+                "strategy": d.strategy.value,
+                "refine": d.refine.value,
+                "orm_threshold": d.orm_threshold,
+                "sorm_threshold": d.sorm_threshold,
+                "local_when_unflagged": d.local_when_unflagged.value,
+                "n": d.n,
+                "max_new_tokens": d.max_new_tokens,
+            },
+            limits={
+                "max_n": limits.max_n,
+                "max_new_tokens": limits.max_new_tokens,
+                "max_question_chars": limits.max_question_chars,
+            },
+            auth=bool(settings.api_keys),
+            traces_kept=settings.traces.keep,
+        )
 
 
 # ---------------------------------------------------------------- OpenAI-compatible chat

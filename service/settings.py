@@ -91,13 +91,39 @@ class Limits(BaseModel):
 class Defaults(BaseModel):
     """What a request gets when it does not say."""
 
-    strategy: StrategyName = StrategyName.GLORE
-    refine: RefineMode = RefineMode.AUTO
-    orm_threshold: float = Field(default=0.5, ge=0, le=1)
-    sorm_threshold: float = Field(default=0.5, ge=0, le=1)
-    local_when_unflagged: LocalWhenUnflagged = LocalWhenUnflagged.SKIP
-    max_new_tokens: int = Field(default=256, ge=1)
-    n: int = Field(default=4, ge=1)
+    strategy: StrategyName = Field(
+        default=StrategyName.GLORE, description="The strategy of a request that names none."
+    )
+    refine: RefineMode = Field(
+        default=RefineMode.AUTO,
+        description="GLoRe's gate: `auto` refines only a draft whose ORM score is below "
+        "orm_threshold; `always` refines every draft.",
+    )
+    orm_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Below this ORM score a draft is refined (refine=auto). Unset: the run's "
+        "serving.json (chosen on validation by a test-split `glore eval`), else 0.5.",
+    )
+    sorm_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="A step whose SORM score is below this is flagged; the local refiner's "
+        "critique goes before the first. Unset: the run's serving.json, else 0.5.",
+    )
+    local_when_unflagged: LocalWhenUnflagged = Field(
+        default=LocalWhenUnflagged.SKIP,
+        description="When the SORM flags no step: `skip` refines globally only (the paper); "
+        "`lowest` critiques the step the SORM trusts least.",
+    )
+    max_new_tokens: int = Field(
+        default=256, ge=1, description="Tokens a generation may add, when a request does not say."
+    )
+    n: int = Field(
+        default=4, ge=1, description="Samples for best_of_n and self_consistency, when unsaid."
+    )
     reranker: str = Field(
         default="default",
         description="What ranks candidates: `default` (the run's dev-chosen reranker, "
@@ -106,6 +132,19 @@ class Defaults(BaseModel):
     )
     sample_temperature: float = Field(
         default=0.7, ge=0, description="best_of_n's and self_consistency's default temperature."
+    )
+
+
+class Traces(BaseModel):
+    """Recent solves kept for the web page's trace links (`/ui?request_id=…`): in memory only,
+    never written to disk, each readable only with the API key that made it."""
+
+    keep: int = Field(
+        default=0,
+        ge=0,
+        le=10000,
+        description="How many of the newest /solve responses made with include_trace to keep "
+        "(all keys together; the oldest goes first); 0: none, and GET /traces answers 404.",
     )
 
 
@@ -165,30 +204,51 @@ class Settings(BaseSettings):
     refine_global: RoleSettings = Field(default_factory=RoleSettings)
     refine_local: RoleSettings = Field(default_factory=RoleSettings)
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(
+        default="127.0.0.1",
+        description="Where to listen. Beyond loopback without API keys: a startup warning, "
+        "/ready's warnings and glore_insecure=1.",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="The port to listen on.")
     model_name: str = Field(
         default="glore", description="The `model` the OpenAI-compatible API reports."
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Bearer keys (comma-separated or a JSON list); empty: no auth.",
+        description="Bearer keys (comma-separated or a JSON list); with any, every route but "
+        "/health and /ready needs one. Empty: no auth.",
     )
     limits: Limits = Field(default_factory=Limits)
     defaults: Defaults = Field(default_factory=Defaults)
+    traces: Traces = Field(default_factory=Traces)
 
-    log_level: str = "INFO"
-    log_json: bool = True
+    log_level: str = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (questions: DEBUG)."
+    )
+    log_json: bool = Field(
+        default=True, description="One JSON object a line, with the request id; false: plain."
+    )
     # After SIGTERM: keep answering (ready=503, new solves refused) at least this long, so load
     # balancers see the readiness change, and wait at most `shutdown_timeout_s` for in-flight
     # solves before closing.
     # The timeline (a test holds it, here and in deploy/): limits.request_timeout_s (60) <
     # shutdown_timeout_s (75) < the container's stop grace (compose stop_grace_period, 90 s).
-    shutdown_delay_s: float = Field(default=0.0, ge=0)
-    shutdown_timeout_s: float = Field(default=75.0, ge=0)
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="After SIGTERM, keep answering (ready 503, new solves refused) at least "
+        "this long, so load balancers see the change.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=75.0,
+        ge=0,
+        description="After SIGTERM, the longest wait for admitted requests (the drain).",
+    )
     # Test-only: POST /debug/engines/{role}/kill makes a role's engine die (service/faults.py).
     debug_faults: bool = Field(
-        default=False, description="Enable fault injection routes; never in production."
+        default=False,
+        description="Test-only fault injection routes under /debug (absent, 404, unless true); "
+        "never in production.",
     )
 
     @field_validator("api_keys", mode="before")

@@ -1,12 +1,15 @@
-"""The app's live state (settings, metrics, engines, readiness, draining, in-flight count) and
-the one function that turns an error into a response."""
+"""The app's live state (settings, metrics, engines, readiness, draining, in-flight count, the
+kept traces) and the one function that turns an error into a response."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -20,9 +23,79 @@ from service.logs import request_id_var
 from service.metrics import Metrics
 from service.pipeline import ServedEngines
 from service.profile import QuestionProfile
+from service.schemas import SolveRequest, SolveResponse, StoredTrace
 from service.settings import DefaultSource, Settings
 
 logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- kept traces
+# The last N solve traces, for the web page's trace links (`/ui?request_id=…`). Off unless
+# `traces.keep` is set; never written to disk. Each trace is filed under the API key that made
+# it (a digest of it), so one key can neither read nor overwrite another's.
+
+# The owner of traces made without API keys (a server without keys has one anonymous user).
+ANONYMOUS = ""
+
+
+def key_owner(token: str) -> str:
+    """Whom a bearer key's traces belong to: a digest, so the store never holds a key itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TraceStore:
+    """At most `capacity` traces, all owners together; the oldest is dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._traces: OrderedDict[tuple[str, str], StoredTrace] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    def keep(self, request: SolveRequest, response: SolveResponse, owner: str) -> None:
+        """File a solve under `owner`, stamped now (a no-op when off). A request id sent again
+        by the same owner replaces its older trace; another owner's id never touches it."""
+        if not self.enabled:
+            return
+        trace = StoredTrace(
+            request_id=response.request_id,
+            stored_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            request=request,
+            response=response,
+        )
+        slot = (owner, trace.request_id)
+        self._traces.pop(slot, None)
+        self._traces[slot] = trace
+        while len(self._traces) > self.capacity:
+            self._traces.popitem(last=False)
+
+    def get(self, request_id: str, owner: str) -> StoredTrace | None:
+        return self._traces.get((owner, request_id))
+
+    def find(self, request_id: str, owner: str) -> StoredTrace:
+        """`owner`'s trace of `request_id`, or a 404 naming the field and why. Another key's
+        trace answers the same 404 as none: whether it exists is not this key's to know."""
+        if not self.enabled:
+            msg = "this server keeps no traces (set GLORE_TRACES__KEEP to keep the last N)"
+        elif (trace := self.get(request_id, owner)) is not None:
+            return trace
+        else:
+            msg = (
+                f"no trace of this request is kept for this API key (the server keeps the "
+                f"last {self.capacity} solves made with include_trace, in memory, per key)"
+            )
+        raise ServiceError(
+            ErrorCode.NOT_FOUND,
+            f"request_id: {msg}",
+            details=[ErrorDetail(loc=["path", "request_id"], msg=msg)],
+        )
+
+
+# ---------------------------------------------------------------- the state
 
 
 @dataclass
@@ -47,9 +120,15 @@ class ServiceState:
     # The run's question profile (None: no warnings) and the policy's tokenizer it reads with.
     profile: QuestionProfile | None = None
     question_tokenizer: Any = None
+    # Paths open without an API key beside the probes: the web page and its files (their
+    # routers declare them; the composition root passes them on).
+    public_paths: frozenset[str] = frozenset()
+    # The last solves made with include_trace, for trace links (off unless traces.keep > 0).
+    traces: TraceStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.limits, self.settings.defaults, self.metrics)
+        self.traces = TraceStore(self.settings.traces.keep)
 
     def role_status(self) -> dict[Role, tuple[bool, str]]:
         """Each role's health: loading, failed to load, or what its engine says."""

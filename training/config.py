@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 import yaml
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-PRESETS = ("smoke", "tiny", "tiny-narrow")
+PRESETS = ("smoke", "tiny", "tiny-wide", "tiny-narrow")
 
 
 class ConfigError(ValueError):
@@ -99,6 +99,14 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip; 0 = off"})
     max_length: int = field(default=512, metadata={"help": "tokens; longer examples are dropped"})
     log_every: int = field(default=10, metadata={"help": "log the loss every this many updates"})
+    checkpoint_minutes: float = field(
+        default=5.0,
+        metadata={
+            "help": "save the trainer's state this often (minutes), so an interrupted stage "
+            "resumes where it stopped; 0 = after every update",
+            "hash": False,
+        },
+    )
     init: str = field(
         default="policy",
         metadata={"help": "policy: start from the trained policy; base: from model.base/scratch"},
@@ -355,11 +363,33 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def hashed_dict(self) -> dict[str, Any]:
+        """`to_dict` less the fields that never change what a stage makes (see `_hashed`)."""
+        out: dict[str, Any] = _hashed(self)
+        return out
+
     def section_hash(self, *names: str) -> str:
         """A short content hash of some sections (a stage's inputs), for the manifest."""
-        d = self.to_dict()
+        d = self.hashed_dict()
         blob = json.dumps({n: d[n] for n in names}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _hashed(obj: Any) -> Any:
+    """`obj` as a dict for hashing: fields marked `"hash": False` (how often to checkpoint:
+    they change how a stage runs, never what it makes) are left out, so setting them never makes
+    a finished run stale."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {
+            f.name: _hashed(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.metadata.get("hash", True)
+        }
+    if isinstance(obj, list | tuple):
+        return [_hashed(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _hashed(v) for k, v in obj.items()}
+    return obj
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

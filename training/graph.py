@@ -29,7 +29,10 @@ from engines.text import text_fingerprint
 from training.config import RunConfig
 from training.modeling import is_checkpoint, save_adapter, save_checkpoint
 from training.tasks import Problem, load_problems
-from training.trainer import accelerator
+from training.trainer import accelerator, stage_session
+
+# Where an unfinished stage keeps its training loops' checkpoints, per stage (removed when done).
+RESUME_DIR = ".resume"
 
 # A stage's report: `counts`, `metrics`, `hashes` (content hashes of its outputs, which make the
 # stages downstream stale when they change) and anything else, merged into its manifest entry.
@@ -147,7 +150,7 @@ class Graph:
 
 def inputs_hash(graph: Graph, cfg: RunConfig, manifest: Manifest, stage: str) -> str:
     """The stage's config sections plus the content hashes of the upstream outputs it reads."""
-    d = cfg.to_dict()
+    d = cfg.hashed_dict()
     upstream = {u: manifest.stage(u).get("hashes") for u in graph[stage].upstream}
     blob = json.dumps(
         {
@@ -322,8 +325,9 @@ def run_graph(
         if done and outputs_exist(graph, run, name) and not forced:
             run.say(f"{name}: done earlier, skipped")
             continue
+        resume_dir = out / RESUME_DIR / name  # the trainer's checkpoints (trainer.stage_session)
         if entry.get("config_hash") != inputs or forced:
-            for folder in spec.resumes_from:  # partial work of another input: start over
+            for folder in (*spec.resumes_from, resume_dir):  # another input's partial work
                 if (out / folder).exists():
                     shutil.rmtree(out / folder)
         run.say(f"{name}: starting")
@@ -340,7 +344,8 @@ def run_graph(
             manifest.save()
         start = time.perf_counter()
         try:
-            report = spec.run(run, seed)
+            with stage_session(resume_dir) as session:
+                report = spec.run(run, seed)
         except BaseException as exc:
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
             entry["seconds"] = round(time.perf_counter() - start, 1)
@@ -348,7 +353,12 @@ def run_graph(
                 manifest.save()
             raise
         entry.update(report)
+        if session.results:  # training throughput of each loop the stage ran
+            entry["train_tokens_per_second"] = session.throughput()
+            entry["train_seconds"] = {k: round(r.seconds, 1) for k, r in session.results.items()}
         entry.update(status="done", finished=_now(), seconds=round(time.perf_counter() - start, 1))
+        if run.acc.is_main_process and resume_dir.exists():
+            shutil.rmtree(resume_dir)
         if run.acc.is_main_process:
             manifest.save()
         run.say(f"{name}: done in {entry['seconds']:.1f}s")

@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +61,38 @@ class TrainResult:
             "losses": self.losses,
             "dropped_too_long": self.dropped_too_long,
         }
+
+
+@dataclass
+class StageSession:
+    """What the stage runner gives every training loop of one stage: where to keep resumable
+    state, and a record of each loop's result (the manifest's tokens/s come from it)."""
+
+    resume_dir: Path
+    results: dict[str, TrainResult] = field(default_factory=dict)
+
+    def checkpoint_path(self, desc: str) -> Path:
+        return self.resume_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "-", desc).strip("-") + ".pt")
+
+    def throughput(self) -> dict[str, float]:
+        """Training tokens per second of each loop that ran, by its name."""
+        return {
+            name: round(r.tokens / r.seconds, 1) for name, r in self.results.items() if r.seconds
+        }
+
+
+_SESSION: ContextVar[StageSession | None] = ContextVar("glore_stage_session", default=None)
+
+
+@contextmanager
+def stage_session(resume_dir: Path) -> Iterator[StageSession]:
+    """Run a stage's training loops with checkpoints under `resume_dir` (see `train`)."""
+    session = StageSession(resume_dir)
+    token = _SESSION.set(session)
+    try:
+        yield session
+    finally:
+        _SESSION.reset(token)
 
 
 _ACCELERATOR: Accelerator | None = None
@@ -120,6 +156,11 @@ def train(
 
     Examples longer than `cfg.max_length` tokens are dropped (and counted), not truncated: a
     truncated solution would teach the model to stop mid-answer.
+
+    Inside a `stage_session`, the model, optimizer and progress are saved every
+    `cfg.checkpoint_minutes`, and a loop that finds its checkpoint resumes from it: the batch
+    order and learning-rate schedule are functions of the seed and the step, so the resumed run
+    takes the same updates as one that never stopped.
     """
     acc = accelerator()
     acc.gradient_accumulation_steps = cfg.grad_accum  # accumulate() and backward() read it
@@ -130,9 +171,22 @@ def train(
         raise ValueError(f"{desc}: no training examples (of {len(examples)}) fit max_length")
     torch.manual_seed(seed)
     batches = _batches([len(e.input_ids) for e in kept], cfg.batch_size, cfg.epochs, seed)
+    total = math.ceil(len(batches) / cfg.grad_accum)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    session = _SESSION.get()
+    ckpt = session.checkpoint_path(desc) if session is not None else None
+    saved = _load_checkpoint(ckpt, desc, total)
+    step = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        step = saved["step"]
+        result = TrainResult(**saved["result"])
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("%s: resuming at step %d of %d from %s", desc, step, total, ckpt)
     loader: DataLoader[Any] = DataLoader(
         kept,  # type: ignore[arg-type]  # a list is a map-style dataset
-        batch_sampler=batches,
+        batch_sampler=batches[step * cfg.grad_accum :],  # a resumed loop skips what it took
         collate_fn=partial(collate, pad_id=pad_id),
     )
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
@@ -145,15 +199,17 @@ def train(
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
     model, optimizer, loader = acc.prepare(model, optimizer, loader)
-    total = math.ceil(len(loader) / cfg.grad_accum)
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
     model.train()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not acc.is_local_main_process)
-    start = time.perf_counter()
-    running, count, step = 0.0, 0, 0
-    for batch in loader:
+    bar = tqdm(
+        total=total, initial=step, desc=desc, unit="step", disable=not acc.is_local_main_process
+    )
+    start = time.perf_counter() - result.seconds
+    last_save = time.perf_counter()
+    running, count = 0.0, 0
+    for batch in loader if step < total else ():
         with acc.accumulate(model):
             loss = loss_fn(model, batch)
             acc.backward(loss)
@@ -178,11 +234,50 @@ def train(
             running, count = 0.0, 0
         if step >= total:
             break
+        if ckpt is not None and time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes:
+            result.steps, result.seconds = step, time.perf_counter() - start
+            if acc.is_main_process:
+                _save_checkpoint(
+                    ckpt, desc, total, step, acc.unwrap_model(model), optimizer, result
+                )
+            last_save = time.perf_counter()
     bar.close()
     result.steps = step
     result.seconds = time.perf_counter() - start
+    if session is not None:
+        session.results[desc] = result
     acc.wait_for_everyone()
     model = acc.unwrap_model(model)
     acc.free_memory()  # drop the accelerator's references, so stages do not pile up models
     model.eval()
     return model, result
+
+
+def _save_checkpoint(
+    path: Path, desc: str, total: int, step: int, model: Any, optimizer: Any, result: TrainResult
+) -> None:
+    """The loop's state after `step` updates, written whole or not at all (tmp, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "desc": desc,
+        "total": total,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "result": {k: v for k, v in result.__dict__.items()},
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path | None, desc: str, total: int) -> dict[str, Any] | None:
+    """A checkpoint of this loop (same name and length), or None to start from the beginning."""
+    if path is None or not path.is_file():
+        return None
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("desc") != desc or state.get("total") != total:
+        log.warning("%s: ignoring checkpoint %s of another loop", desc, path)
+        return None
+    return state

@@ -1,5 +1,6 @@
-"""The README's import rules are the linter's: `make lint` checks the contracts in
-pyproject.toml (import-linter), and the README's Layout section states each one as written."""
+"""The documented import rules are the linter's: `make lint` checks the contracts in
+pyproject.toml (import-linter), and the Layout section of docs/design.md states each one as
+written."""
 
 from __future__ import annotations
 
@@ -22,16 +23,16 @@ def _kept_from_training() -> set[str]:
 
 
 def _layout() -> str:
-    readme = (ROOT / "README.md").read_text()
-    return readme[readme.index("## Layout") : readme.index("## The text contract")]
+    page = (ROOT / "docs" / "design.md").read_text()
+    return page[page.index("## Layout") : page.index("## The text contract")]
 
 
-def test_the_readme_states_the_layers_contract() -> None:
+def test_the_design_page_states_the_layers_contract() -> None:
     layers = _contracts()["layers"]["layers"]
     assert f"**Layers: `{' → '.join(layers)}`.**" in _layout()
 
 
-def test_the_readme_names_what_training_may_not_import_from_service() -> None:
+def test_the_design_page_names_what_training_may_not_import_from_service() -> None:
     assert _contracts()["training-service"]["source_modules"] == ["training"]
     listed = re.search(r"HTTP side \(([^)]*)\)", " ".join(_layout().split()))
     assert listed is not None
@@ -39,8 +40,8 @@ def test_the_readme_names_what_training_may_not_import_from_service() -> None:
 
 
 def test_every_service_module_is_either_shared_with_training_or_on_the_http_side() -> None:
-    """A new service module must be placed on one side of the rule (and the README's list kept
-    with it), or training could import it unchecked."""
+    """A new service module must be placed on one side of the rule (and the design page's list
+    kept with it), or training could import it unchecked."""
     shared = {"pipeline", "profile", "settings"}
     forbidden = {
         m.removeprefix("service.") for m in _contracts()["training-service"]["forbidden_modules"]

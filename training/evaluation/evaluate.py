@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 EXTRA_TEST_STREAM = 1_000_003
 DEV_STREAM = 1_000_004
 # The held-out parts of the generator (names and objects, phrasings) have streams of their own.
-HELDOUT_STREAMS = {"heldout_names": 1_000_005, "heldout_templates": 1_000_006}
+HELDOUT_STREAMS = {"heldout_names": 1_000_005, "heldout_templates": 1_000_006, "made_up": 1_000_007}
 EVALUATIONS_FILE = "evaluations.json"
 
 
@@ -90,7 +90,9 @@ def _task(run: Path) -> TaskConfig | None:
     data = _recipe(run).get("data") or {}
     if data.get("task") is None or data.get("source", "synthetic") != "synthetic":
         return None
-    return TaskConfig.from_dict(data["task"])
+    # Made-up words are a training device: the questions evaluated in distribution (dev, extra
+    # test) are in everyday words, as the run's own test split is (see `make_splits`).
+    return replace(TaskConfig.from_dict(data["task"]), pseudo_share=0.0)
 
 
 def held_out_problems(run: Path, n_test: int, n_val: int) -> tuple[list[Problem], list[Problem]]:

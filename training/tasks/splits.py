@@ -4,6 +4,7 @@ form) appears in two splits, or twice in one.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -41,8 +42,9 @@ def make_splits(config: TaskConfig, seed: int, n_train: int, n_val: int, n_test:
     """Synthetic splits from the problem stream `seed`, duplicates (by question) dropped.
 
     The stream fills test first, then val, then train, so asking for more training data never
-    changes the test or validation problems. Raises ValueError when the config cannot yield
-    enough distinct questions.
+    changes the test or validation problems. Made-up words (`config.pseudo_share`) go into the
+    training split only: test and validation measure the words people write. Raises ValueError
+    when the config cannot yield enough distinct questions.
     """
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if n < 0:
@@ -50,11 +52,15 @@ def make_splits(config: TaskConfig, seed: int, n_train: int, n_val: int, n_test:
     total = n_train + n_val + n_test
     budget = 4 * total + 1000  # a config this tight would mostly repeat itself anyway
 
+    held = dataclasses.replace(config, pseudo_share=0.0)
+    unique: list[Problem] = []
+
     def stream() -> Iterator[Problem]:
         for index in range(budget):
-            yield generate_problem(config, seed, index)
+            # Every problem's words are drawn apart from its structure, so this choice changes
+            # words only: the splits' questions keep their places in the stream.
+            yield generate_problem(held if len(unique) < n_test + n_val else config, seed, index)
 
-    unique: list[Problem] = []
     for p in _unique(stream()):
         unique.append(p)
         if len(unique) == total:

@@ -143,6 +143,8 @@ class _Builder:
     """Builds one problem step by step; `None` from a helper means that choice is infeasible."""
 
     def __init__(self, config: TaskConfig, rng: random.Random) -> None:
+        if config.part == "made_up":
+            raise ValueError("the basic family has no made-up words (the wide family has)")
         self.cfg = config
         self.rng = rng
         self.names = _part(NAMES, config.n_names, config.part == "heldout_names", "n_names")

@@ -203,7 +203,11 @@ class TaskConfig:
     sentence), `total_prob` (the question asks for two people's total) and `group_prob` (the
     opening is groups: "3 boxes of 12"). `part` picks what the words and phrasings come from:
     "train" (the default), or a part training never sees, for measuring generalisation:
-    "heldout_names" (held-out names and objects) or "heldout_templates" (held-out phrasings).
+    "heldout_names" (held-out names and objects), "heldout_templates" (held-out phrasings) or
+    "made_up" (made-up names and objects from the held-out part of `words.made_up_name`).
+    `pseudo_share` (wide only): the share of training problems whose names and object are
+    made-up words instead (`make_splits` leaves them out of the test and validation splits, which
+    stay in the everyday words people write).
     In the basic family the held-out parts are the names, objects and templates past
     `n_names`, `n_objects` and `n_templates`.
     """
@@ -233,6 +237,7 @@ class TaskConfig:
     clause_prob: float = 0.25
     total_prob: float = 0.2
     group_prob: float = 0.15
+    pseudo_share: float = 0.0
 
     # The divisor phrasing ("a third as many") has words for 2..10 only.
     MAX_DIVISOR: ClassVar[int] = 10
@@ -279,7 +284,11 @@ class TaskConfig:
             raise ValueError(
                 f"TaskConfig.part must be one of {list(TASK_PARTS)}, got {self.part!r}"
             )
-        self._check_probabilities("pronoun_prob", "clause_prob", "total_prob", "group_prob")
+        self._check_probabilities(
+            "pronoun_prob", "clause_prob", "total_prob", "group_prob", "pseudo_share"
+        )
+        if self.pseudo_share and self.family != "wide":
+            raise ValueError("TaskConfig.pseudo_share needs family 'wide' (made-up words)")
         for key, floor in (("n_templates", 1), ("n_names", 2), ("n_objects", 1)):
             if getattr(self, key) < floor:
                 raise ValueError(f"TaskConfig.{key} must be at least {floor}")
@@ -446,7 +455,7 @@ class TaskConfig:
 
 FAMILIES = ("basic", "wide")
 # The training part, and the held-out parts a generalisation evaluation draws from.
-TASK_PARTS = ("train", "heldout_names", "heldout_templates")
+TASK_PARTS = ("train", "heldout_names", "heldout_templates", "made_up")
 
 _OP_ALIASES = {"x": "*", "×": "*", "÷": "/", "−": "-"}
 

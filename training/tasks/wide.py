@@ -28,6 +28,8 @@ from training.tasks.words import (
     PRONOUNS,
     TRAIN_NAMES,
     TRAIN_OBJECTS,
+    made_up_name,
+    made_up_object,
 )
 
 
@@ -77,8 +79,21 @@ START = _t(
         "{p} had {v} {obj}.",
         "{p} keeps {v} {obj} in a box.",
         "There are {v} {obj} in {p}'s bag.",
+        "{p} collected {v} {obj}.",
+        "{p} has a collection of {v} {obj}.",
+        "{p} got {v} {obj}.",
     ),
     ("{p} begins the day with {v} {obj}.", "In the morning, {p} has {v} {obj}."),
+)
+# An amount, then an update ({x}: a predicate below) in the same sentence.
+START2 = _t(
+    (
+        "{p} has {v} {obj} and {x}.",
+        "{p} had {v} {obj} and {x}.",
+        "{p} starts with {v} {obj}, then {x}.",
+        "{p} has {v} {obj}. {P} {x}.",
+    ),
+    ("{p} owned {v} {obj} but then {x}.",),
 )
 START_GROUPS = _t(
     (
@@ -110,6 +125,12 @@ UPDATE: dict[Operation, Table] = {
             "wins {k} more {obj}",
             "purchases {k} more {obj}",
             "adds {k} {obj} to {poss} collection",
+            "buys {k} more",
+            "gets {k} more {obj} from {r}",
+            "makes {k} more {obj}",
+            "is given {k} {obj} by {r}",
+            "picks {k} more {obj}",
+            "gets another {k}",
         ),
         ("collects another {k} {obj}", "earns {k} extra {obj}"),
     ),
@@ -124,6 +145,13 @@ UPDATE: dict[Operation, Table] = {
             "uses {k} of them",
             "lends {k} {obj} to {r}",
             "drops {k} {obj}",
+            "eats {k} of them",
+            "eats {k} {obj}",
+            "gives {k} to {r}",
+            "loses {k} of them",
+            "sells {k} of them",
+            "throws away {k} {obj}",
+            "breaks {k} {obj}",
         ),
         ("hands {k} of them over to {r}", "misplaces {k} {obj}"),
     ),
@@ -143,12 +171,24 @@ UPDATE: dict[Operation, Table] = {
             Phrase("loses half of them", (2,)),
             "splits {poss} {obj} into {k} equal groups and keeps one group",
             "keeps only {f} of {poss} {obj}",
+            Phrase("gives away half of them", (2,)),
+            Phrase("keeps half of {poss} {obj}", (2,)),
+            "splits {poss} {obj} equally into {k} piles and keeps one pile",
         ),
         ("shares {poss} {obj} equally among {k} bags and keeps one bag",),
     ),
 }
 FRAME = _t(
-    ("{p} {x}.", "Then {p} {x}.", "After that, {p} {x}.", "Later, {p} {x}."), ("Next, {p} {x}.",)
+    (
+        "{p} {x}.",
+        "Then {p} {x}.",
+        "After that, {p} {x}.",
+        "Later, {p} {x}.",
+        "Soon after, {p} {x}.",
+        "The next day, {p} {x}.",
+        "On Monday, {p} {x}.",
+    ),
+    ("Next, {p} {x}.",),
 )
 # Two updates of one person in one sentence.
 FRAME2 = _t(("{p} {x} and then {y}.", "{p} {x}, then {y}."), ("{p} first {x} and afterwards {y}.",))
@@ -218,6 +258,8 @@ ASK = _t(
         "How many {obj} does {p} have in the end?",
         "How many {obj} does {p} have at the end?",
         "How many {obj} does {p} have left?",
+        "How many {obj} does {p} have?",
+        "How many {obj} does {p} own now?",
     ),
     ("What is the number of {obj} {p} has at the end?", "Find how many {obj} {p} has now."),
 )
@@ -231,6 +273,7 @@ ASK_TOTAL = _t(
 )
 TABLES: dict[str, Table] = {
     "start": START,
+    "start2": START2,
     "start_groups": START_GROUPS,
     "start_groups2": START_GROUPS2,
     **{f"update{op.value}": t for op, t in UPDATE.items()},
@@ -265,7 +308,7 @@ class Step:
 class _Builder:
     """Builds one wide problem; a helper returning None means that choice is infeasible."""
 
-    def __init__(self, cfg: TaskConfig, rng: random.Random) -> None:
+    def __init__(self, cfg: TaskConfig, rng: random.Random, pid: str) -> None:
         self.cfg, self.rng = cfg, rng
         names, objects = (
             (HELDOUT_NAMES, HELDOUT_OBJECTS)
@@ -276,6 +319,23 @@ class _Builder:
         # Enough people for every step, a recipient or two, and the names they must not share.
         self.names = rng.sample(names, min(len(names), 2 * cfg.max_steps + 4))
         self.obj = rng.choice(objects)
+        self.people = {n: PEOPLE[n] for n in self.names}  # name -> subject pronoun
+        made_up = cfg.part == "made_up" or (
+            cfg.part == "train"
+            and random.Random(f"glore-made-up:{pid}").random() < cfg.pseudo_share
+        )
+        if made_up:
+            # Made-up words replace the drawn ones, each keeping its pronoun. They come from an
+            # rng of their own, so the problem's structure (the main rng's draws) is unchanged.
+            words = random.Random(f"glore-made-up-words:{pid}")
+            heldout = cfg.part == "made_up"
+            fresh: dict[str, str] = {}
+            for name in self.names:
+                while (new := made_up_name(words, heldout=heldout)) in fresh:
+                    pass
+                fresh[new] = self.people[name]
+            self.names, self.people = list(fresh), fresh
+            self.obj = made_up_object(words, heldout=heldout)
         self.values: dict[str, int] = {}
         self.used: set[str] = set()  # everyone named so far (recipients are never reused)
         self.focus = ""
@@ -319,9 +379,9 @@ class _Builder:
     def subject(self, who: str) -> tuple[str, str]:
         """(subject, possessive) for `who`: a pronoun when the last sentence was about them and
         named no one else it could mean, else the name."""
-        pronoun = PEOPLE[who]
+        pronoun = self.people[who]
         clear = self.last_subject == who and all(
-            PEOPLE[n] != pronoun for n in self.last_named - {who}
+            self.people[n] != pronoun for n in self.last_named - {who}
         )
         if clear and self.rng.random() < self.cfg.pronoun_prob:
             return pronoun, PRONOUNS[pronoun]
@@ -368,6 +428,18 @@ class _Builder:
                 return True
         v = rng.randint(cfg.start_min, cfg.start_max)
         self.values[who] = v
+        # "Tom has 3 apples and buys 4 more.": the amount and an update at once.
+        joined = self.phrase(START2) if budget > 1 else None
+        if joined is not None and rng.random() < cfg.clause_prob:
+            for op in rng.sample(self.ops, len(self.ops)):
+                then = self.predicate(op)
+                if then is not None:
+                    x, k, result, named = then
+                    self.commit(who, STEP_UPDATE, op, v, k, result)
+                    pronoun = _capital(self.people[who])
+                    sentence = joined.format(p=who, P=pronoun, v=v, obj=self.obj, x=x)
+                    self.say(sentence, who, {who} | named)
+                    return True
         text = self.phrase(START)
         assert text is not None
         self.say(text.format(p=who, v=v, obj=self.obj), who, {who})
@@ -391,7 +463,7 @@ class _Builder:
             r, named = recipient, {recipient}
         c = op.apply(a, k)
         assert c is not None
-        poss = PRONOUNS[PEOPLE[self.focus]]
+        poss = PRONOUNS[self.people[self.focus]]
         x = text.format(k=k, times=TIMES.get(k, ""), f=FRACTIONS.get(k, ""), obj=self.obj,
                         poss=poss, r=r)  # fmt: skip
         return x, k, c, named
@@ -487,7 +559,7 @@ class _Builder:
 
 def attempt(cfg: TaskConfig, rng: random.Random, pid: str) -> Problem | None:
     """One wide problem with `min_steps..max_steps` steps, or None when a choice dead-ends."""
-    b = _Builder(cfg, rng)
+    b = _Builder(cfg, rng, pid)
     target = rng.randint(cfg.min_steps, cfg.max_steps)
     ops = [Operation(o) for o in cfg.operations]
     b.start(target)

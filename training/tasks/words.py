@@ -1,13 +1,19 @@
 """Word lists of the wide synthetic task: hundreds of first names (with the pronoun each takes)
-and countable objects, and the fixed part of each held out of training.
+and countable objects, the fixed part of each held out of training, and made-up words.
 
 A word is held out when a stable hash of it says so (about one in five), so the split does not
-depend on list order and adding a word never moves another across it.
+depend on list order and adding a word never moves another across it. The everyday words a new
+user tries first (`COMMON_NAMES`, `COMMON_OBJECTS`: Tom, Sara, apples, marbles, ...) are never
+held out. Made-up words (`made_up_name`, `made_up_object`) are drawn from random syllables, so a
+model trained on them learns to copy a word it never saw; the same hash splits them into a
+training part and a held-out part, so a made-up evaluation word is one no training question has.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
+from collections.abc import Callable
 
 MALE_NAMES: tuple[str, ...] = (
     "Aaron", "Abdul", "Adam", "Adrian", "Ahmed", "Alan", "Albert", "Alex", "Alfie", "Ali",
@@ -27,7 +33,8 @@ MALE_NAMES: tuple[str, ...] = (
     "Peter", "Philip", "Quentin", "Rafael", "Rahul", "Ravi", "Ray", "Rex", "Ricardo", "Robert",
     "Roger", "Roman", "Rory", "Ryan", "Sam", "Samir", "Sean", "Sergio", "Simon", "Stefan",
     "Steve", "Tariq", "Ted", "Theo", "Thomas", "Tim", "Tobias", "Tom", "Tony", "Tyler",
-    "Victor", "Vikram", "Walter", "Wesley", "Will", "Xavier", "Yusuf", "Zach", "Zane",
+    "Victor", "Vikram", "Walter", "Wesley", "Will", "Xavier", "Yusuf", "Zach", "Zane", "Bob",
+    "Mike", "Joe", "Jim", "Bill", "Tommy",
 )  # fmt: skip
 FEMALE_NAMES: tuple[str, ...] = (
     "Abby", "Ada", "Adele", "Agnes", "Aisha", "Alice", "Alma", "Amber", "Amelia", "Amy", "Ana",
@@ -45,7 +52,7 @@ FEMALE_NAMES: tuple[str, ...] = (
     "Phoebe", "Pia", "Priya", "Rachel", "Rita", "Rosa", "Rose", "Ruby", "Ruth", "Sabrina",
     "Sadie", "Sara", "Selma", "Sofia", "Sonia", "Stella", "Susan", "Sylvia", "Tara", "Tess",
     "Thea", "Tina", "Uma", "Una", "Vera", "Vicky", "Viola", "Wanda", "Wendy", "Yara", "Yasmin",
-    "Yuki", "Zara", "Zoe", "Zora",
+    "Yuki", "Zara", "Zoe", "Zora", "Sarah", "Mary", "Betty", "Kelly", "Jenny",
 )  # fmt: skip
 # Plural countable nouns, one word each (reference steps end with the object's name).
 OBJECTS: tuple[str, ...] = (
@@ -77,8 +84,24 @@ CONTAINERS: tuple[str, ...] = ("boxes", "bags", "packs", "jars", "crates", "bask
 PRONOUNS = {"he": "his", "she": "her"}  # subject -> possessive
 
 
+# The words a new user writes first: always in training, never held out.
+COMMON_NAMES: frozenset[str] = frozenset(
+    ("Tom", "Sara", "Sarah", "John", "Mary", "Ann", "Anna", "Bob", "Mike", "Joe", "Jim", "Sam",
+     "Ben", "Jack", "Lucy", "Emma", "Amy", "Alice", "Kate", "Lisa", "Tim", "Mia", "Max", "Leo",
+     "David", "James", "Maria", "Linda", "Peter", "Paul", "Jenny", "Betty", "Kelly", "Bill")
+)  # fmt: skip
+COMMON_OBJECTS: frozenset[str] = frozenset(
+    ("apples", "marbles", "cookies", "pencils", "books", "oranges", "candies", "stickers",
+     "balloons", "cards", "toys", "eggs", "cupcakes", "pens", "crayons", "flowers", "shells",
+     "stamps", "coins", "bananas", "cars", "balls", "dolls", "muffins", "candles", "cakes")
+)  # fmt: skip
+
+
 def held_out(word: str) -> bool:
-    """Whether `word` belongs to the held-out part of its list (about one word in five)."""
+    """Whether `word` belongs to the held-out part of its list (about one word in five; never an
+    everyday word of `COMMON_NAMES` or `COMMON_OBJECTS`)."""
+    if word in COMMON_NAMES or word in COMMON_OBJECTS:
+        return False
     return hashlib.sha256(f"glore-heldout:{word}".encode()).digest()[0] % 5 == 0
 
 
@@ -95,3 +118,41 @@ TRAIN_NAMES = tuple(n for n in PEOPLE if not held_out(n))
 HELDOUT_NAMES = tuple(n for n in PEOPLE if held_out(n))
 TRAIN_OBJECTS = tuple(o for o in OBJECTS if not held_out(o))
 HELDOUT_OBJECTS = tuple(o for o in OBJECTS if held_out(o))
+
+
+# Made-up words: two or three syllables of an onset and a vowel, sometimes closed by a coda.
+_ONSETS = (
+    "b", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+    "br", "ch", "cl", "dr", "fl", "gr", "kr", "pl", "sh", "sk", "st", "th", "tr", "y",
+)  # fmt: skip
+_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "ai", "ee", "ou", "oo", "ei")
+_CODAS = ("", "", "", "", "n", "r", "l", "m", "s", "k", "t", "nd", "rk", "ck")
+_REAL_WORDS = frozenset(w.lower() for w in (*MALE_NAMES, *FEMALE_NAMES, *OBJECTS, *CONTAINERS))
+
+
+def _made_up_stem(rng: random.Random) -> str:
+    syllables = rng.choice((2, 2, 3))
+    return "".join(
+        rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)
+    ) + rng.choice(_CODAS)
+
+
+def _made_up(rng: random.Random, heldout: bool, shape: Callable[[str], str]) -> str:
+    """A made-up word of the training part (`heldout=False`) or of the held-out part, never a
+    real word of these lists."""
+    while True:
+        word = shape(_made_up_stem(rng))
+        if word.lower() not in _REAL_WORDS and held_out(word) == heldout:
+            return word
+
+
+def made_up_name(rng: random.Random, *, heldout: bool = False) -> str:
+    """A capitalised made-up first name ("Brelio", "Tashumek")."""
+    return _made_up(rng, heldout, str.capitalize)
+
+
+def made_up_object(rng: random.Random, *, heldout: bool = False) -> str:
+    """A lower-case made-up plural noun ("glorps", "vintaks")."""
+    return _made_up(
+        rng, heldout, lambda stem: stem + ("es" if stem.endswith(("s", "sh", "ch")) else "s")
+    )

@@ -1,6 +1,6 @@
 """The embedded default, `models/tiny`, as a newcomer meets it: committed files that match their
 manifest hashes, a live server whose answers are the ones the test report recorded, and every
-`/solve` example of the README answering what the README shows beside it."""
+`/solve` example of the README and the docs pages answering what the page shows beside it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from training.export import DEFAULT_LIMIT_BYTES, check_export
 
 SHIPPED = ROOT / "models" / "tiny"
 RECORDS = ROOT / "reports" / "tiny" / "records.jsonl"
-README = ROOT / "README.md"
+# The pages a newcomer reads: the README and the documentation site's pages.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A fixed sample of the run's held-out test questions (positions in data/test.jsonl).
 SAMPLE = range(0, 200, 25)
 
@@ -73,24 +74,26 @@ def test_solve_on_the_shipped_default_gives_the_answers_the_test_report_recorded
         assert gated["answer"] == record["methods"]["glore_gated"]["answer"], problem["id"]
 
 
-def readme_solve_examples(text: str) -> list[tuple[dict[str, Any], str]]:
-    """Every `/solve` request the README shows (a curl `-d '{…}'` to /solve) with the answer
-    shown after it (the next `"answer": "…"`)."""
+def solve_examples(text: str) -> list[tuple[dict[str, Any], str]]:
+    """Every `/solve` request a page shows (a curl `-d '{…}'` to /solve) with the answer shown
+    after it (the next `"answer": "…"`)."""
     examples = []
     for match in re.finditer(r"curl [^\n]*?/solve.*?-d '(\{[^']*\})'", text, re.S):
         body = json.loads(match.group(1))
         shown = re.search(r'"answer":\s*"([^"]*)"', text[match.end() :])
-        assert shown, f"README shows no answer after the /solve example {body}"
+        assert shown, f"no answer shown after the /solve example {body}"
         examples.append((body, shown.group(1)))
     return examples
 
 
-def test_every_solve_example_in_the_readme_answers_what_the_readme_shows(
+def test_every_solve_example_in_the_readme_and_the_docs_answers_what_the_page_shows(
     client: httpx.Client,
 ) -> None:
-    examples = readme_solve_examples(README.read_text())
-    assert len(examples) >= 2  # the service section's and the deployment section's
-    for body, answer in examples:
-        r = client.post("/solve", json=body)
-        assert r.status_code == 200, r.text
-        assert r.json()["answer"] == answer, body["question"]
+    examples = {page.name: solve_examples(page.read_text()) for page in PAGES}
+    # The README's own, the service page's and the deployment page's (the unseen-name one).
+    assert examples["README.md"] and examples["service.md"] and examples["deployment.md"]
+    for page, shown in examples.items():
+        for body, answer in shown:
+            r = client.post("/solve", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["answer"] == answer, (page, body["question"])

@@ -252,5 +252,5 @@ def test_glore_eval_writes_a_report_on_gsm8k_test_questions(
 
 
 def test_zz_report_the_time_each_part_took() -> None:
-    """Not a check: the figures the README quotes (pytest -s shows them)."""
+    """Not a check: the timings reports/gsm8k-standin.md quotes (pytest -s shows them)."""
     print("\ngsm8k e2e timings (s): " + json.dumps({k: round(v, 1) for k, v in TIMES.items()}))

@@ -38,7 +38,7 @@ def test_a_part_that_could_not_be_measured_says_why() -> None:
     assert section["heldout_templates"]["note"] == "nothing to hold out"
     md = "\n".join(_generalisation_markdown(section))
     assert "## Generalisation" in md
-    assert "held-out names and objects | 0.0%" in md and "missed" in md
+    assert "held-out real names and objects | 0.0%" in md and "missed" in md
     assert "not measured: nothing to hold out" in md
 
 

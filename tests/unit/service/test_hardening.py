@@ -1,5 +1,6 @@
 """Production hardening on typed fake engines: typed input errors, admission that queues, secure
-defaults, one shutdown timeline, the README's status table and streamed chat completions."""
+defaults, one shutdown timeline, the status table of docs/service.md and streamed chat
+completions."""
 
 from __future__ import annotations
 
@@ -249,24 +250,25 @@ def test_request_timeout_is_below_the_drain_which_is_below_the_container_stop_gr
     assert compose_request < compose_drain < grace
     assert request < drain < grace
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert dockerfile.count("STOPSIGNAL SIGTERM") == 2  # both targets: the signal that drains
+    # every runtime target (cpu, gpu, orchestrator): the signal that drains
+    assert dockerfile.count("STOPSIGNAL SIGTERM") == 3
     # nginx waits for an answer longer than the service's own limit, so the 504 is ours.
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
     read_timeout = re.search(r"proxy_read_timeout (\d+)s", nginx)
     assert read_timeout is not None and float(read_timeout.group(1)) > compose_request
-    # The README's table says the same.
-    readme = (ROOT / "README.md").read_text()
-    assert f"| `GLORE_LIMITS__REQUEST_TIMEOUT_S` | {request:g} s |" in readme
-    assert f"| `GLORE_SHUTDOWN_TIMEOUT_S` | {drain:g} s |" in readme
-    assert f"| compose `stop_grace_period` | {grace:g} s |" in readme
+    # The service page's table says the same.
+    page = (ROOT / "docs" / "service.md").read_text()
+    assert f"| `GLORE_LIMITS__REQUEST_TIMEOUT_S` | {request:g} s |" in page
+    assert f"| `GLORE_SHUTDOWN_TIMEOUT_S` | {drain:g} s |" in page
+    assert f"| compose `stop_grace_period` | {grace:g} s |" in page
 
 
-# ---------------------------------------------------------------- the README's status table
+# ---------------------------------------------------------------- the documented status table
 
 
-async def test_every_row_of_the_readme_status_table_is_what_the_server_answers() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("| status | when |") :].split("\n\n")[0]
+async def test_every_row_of_the_service_page_status_table_is_what_the_server_answers() -> None:
+    page = (ROOT / "docs" / "service.md").read_text()
+    section = page[page.index("| status | when |") :].split("\n\n")[0]
     documented = {int(m) for m in re.findall(r"^\| (\d{3}) \|", section, re.MULTILINE)}
 
     async def status_of(

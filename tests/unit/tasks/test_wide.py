@@ -4,6 +4,7 @@ data never contains."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 
@@ -160,8 +161,8 @@ def test_the_basic_family_holds_out_the_words_past_its_bounds() -> None:
 
 
 def test_groups_and_an_update_can_share_the_opening_sentence(train: list) -> None:
-    # The README's Deployment question has this shape: "Ann has 3 boxes of 12 pencils and
-    # gives away 5".
+    # The unseen-name question of docs/deployment.md has this shape: "Ann has 3 boxes of 12
+    # pencils and gives away 5".
     joined = [p for p in train if re.match(r"[A-Z][a-z]+ (has|buys) \d+ \w+ of \d+ \w+(,| and) ",
                                            p.question)]  # fmt: skip
     assert len(joined) >= 10
@@ -170,3 +171,82 @@ def test_groups_and_an_update_can_share_the_opening_sentence(train: list) -> Non
         assert p.steps[0].startswith(f"{who} has ") and p.step_ops[0] == "*"
         assert p.steps[1].startswith(f"{who} now has ")
         assert check_solution(p, p.solution).fully_correct
+
+
+# ------------------------------------------------------------------ made-up and everyday words
+
+
+def _words(problem) -> set[str]:  # type: ignore[no-untyped-def]
+    return set(re.findall(r"[A-Za-z]+", " ".join([problem.question, *problem.steps])))
+
+
+def test_the_everyday_words_a_new_user_tries_are_never_held_out() -> None:
+    from training.tasks.words import COMMON_NAMES, COMMON_OBJECTS
+
+    assert set(TRAIN_NAMES) >= COMMON_NAMES and set(TRAIN_OBJECTS) >= COMMON_OBJECTS
+    for word in ("Tom", "Sara", "apples", "marbles", "cookies", "pencils", "books"):
+        assert word in COMMON_NAMES | COMMON_OBJECTS
+
+
+def test_made_up_words_fill_their_share_of_training_and_never_the_held_out_part() -> None:
+    from training.tasks.words import OBJECTS as REAL_OBJECTS
+
+    real = set(PEOPLE) | set(REAL_OBJECTS)
+    cfg = dataclasses.replace(WIDE, pseudo_share=0.5)
+    train = generate_problems(cfg, 600, seed=3)
+    made_up = [p for p in train if _object(p) not in real]
+    assert 0.4 < len(made_up) / len(train) < 0.6
+    train_made_up = set().union(*(_words(p) for p in made_up)) - set(WORDS_OF_TEMPLATES)
+    evaluated = generate_problems(WIDE.held_out("made_up"), 300, seed=4)
+    for p in evaluated:
+        assert check_solution(p, p.steps).fully_correct
+        assert _object(p) not in real
+        assert not (_words(p) - set(WORDS_OF_TEMPLATES)) & train_made_up, p.question
+    # The held-out part of the made-up words is its own: the same problem index, other words.
+    assert {_object(p) for p in evaluated}.isdisjoint({_object(p) for p in made_up})
+
+
+def test_made_up_words_keep_the_problem_and_change_only_its_words() -> None:
+    cfg = dataclasses.replace(WIDE, pseudo_share=1.0)
+    for plain, made_up in zip(
+        generate_problems(WIDE, 50, seed=8), generate_problems(cfg, 50, seed=8), strict=True
+    ):
+        assert plain.step_values == made_up.step_values and plain.answer == made_up.answer
+        assert plain.step_ops == made_up.step_ops
+
+
+def test_splits_keep_made_up_words_out_of_test_and_validation() -> None:
+    from training.tasks import make_splits
+    from training.tasks.words import OBJECTS as REAL_OBJECTS
+
+    cfg = dataclasses.replace(WIDE, pseudo_share=0.5)
+    splits = make_splits(cfg, seed=0, n_train=200, n_val=50, n_test=50)
+    assert all(_object(p) in REAL_OBJECTS for p in (*splits.val, *splits.test))
+    assert any(_object(p) not in REAL_OBJECTS for p in splits.train)
+
+
+def test_an_amount_and_an_update_can_share_the_opening_sentence(train: list) -> None:
+    pattern = re.compile(r"^[A-Z]\w+ (has|had) \d+ \w+ and (buys|gets|loses|eats|gives) \d+")
+    joined = [p for p in train if pattern.match(p.question)]
+    assert joined, "no 'Tom has 3 apples and buys 4 more' opening"
+    for p in joined:
+        assert check_solution(p, p.steps).fully_correct
+
+
+def test_the_basic_family_refuses_made_up_words() -> None:
+    with pytest.raises(ValueError, match="made-up"):
+        generate_problems(TaskConfig.easy().held_out("made_up"), 1, seed=0)
+    with pytest.raises(ValueError, match="pseudo_share"):
+        dataclasses.replace(TaskConfig.easy(), pseudo_share=0.5)
+
+
+# Every word the phrasing tables and reference steps may use (not names or objects).
+WORDS_OF_TEMPLATES = {
+    w
+    for table in TABLES.values()
+    for phrase in (*table.train, *table.heldout)
+    for w in re.findall(r"[A-Za-z]+", re.sub(r"\{\w+\}", " ", phrase.text))
+} | {"now", "has", "have", "The", "answer", "is", "and", "he", "she", "his", "her", "He", "She",
+     "His", "Her", "boxes", "bags", "packs", "jars", "crates", "baskets", "twice", "three",
+     "four", "five", "six", "times", "half", "a", "third", "quarter", "fifth", "sixth", "seventh",
+     "an", "eighth", "ninth", "tenth"}  # fmt: skip

@@ -26,12 +26,8 @@ TRAIN = TrainConfig(epochs=1, batch_size=4, lr=3e-3, warmup_steps=1, log_every=1
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads per process on two shared cores spin-wait; one is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread: None) -> None:
+    """Every test here on one torch thread (the fixture in conftest.py)."""
 
 
 @pytest.fixture(scope="module")
