@@ -19,7 +19,7 @@ from typing import Any
 
 from engines.reranker import default_reranker
 from engines.text import split_steps
-from service.settings import Defaults, pipeline_config, read_serving_defaults
+from service.settings import Settings, pipeline_config, with_run_defaults
 
 DEFAULT_QUESTIONS = Path(__file__).parent / "data" / "handwritten.jsonl"
 STRATEGIES = ("greedy", "best_of_n", "global_only", "local_only", "glore")
@@ -41,18 +41,15 @@ async def probe(run: Path, rows: list[dict[str, str]], backend: str = "hf") -> d
     from service.pipeline.strategies import solve
     from training.evaluation.evaluate import load_run_engines
 
-    served = read_serving_defaults(run)
-    defaults = Defaults()
-    if served is not None:
-        defaults = defaults.model_copy(
-            update={"orm_threshold": served.orm_threshold, "sorm_threshold": served.sorm_threshold}
-        )
+    # The defaults `glore serve` takes: the settings over the run's evaluation-chosen thresholds.
+    settings, _ = with_run_defaults(Settings(run_dir=run))
+    reranker = default_reranker(run)
     engines = load_run_engines(run, backend)
     try:
         results: dict[str, list[dict[str, Any]]] = {}
         for strategy in STRATEGIES:
             name, cfg = pipeline_config(
-                defaults, reranker=default_reranker(run), strategy=strategy, seed=0,
+                settings.defaults, reranker=reranker, strategy=strategy, seed=0,
                 n=3 if strategy == "best_of_n" else None,
             )  # fmt: skip
             solutions = await asyncio.gather(
