@@ -423,7 +423,11 @@ def _refuse_route(server: _Server, route: str, r: httpx.Response, why: str) -> E
 class _RemoteEngine:
     """Startup (tokenizer, the server's models and routes), health and close, for both kinds."""
 
-    def __init__(self, path: str | Path, options: RemoteOptions, *, kind: str, name: str | None):
+    def __init__(
+        self, path: str | Path, options: RemoteOptions | None, *, kind: str, name: str | None
+    ) -> None:
+        if options is None:
+            raise EngineLoadError("the remote backend needs a base_url option", path=str(path))
         self.path = str(path)
         self.options = options
         self.name = name or f"remote:{kind}:{options.base_url}"
@@ -506,13 +510,10 @@ class RemoteGenerator(_RemoteEngine):
     def __init__(
         self, path: str | Path, options: RemoteOptions | None = None, *, name: str | None = None
     ) -> None:
-        if options is None:
-            raise EngineLoadError("the remote backend needs a base_url option", path=str(path))
-        self._adapters = sorted((options.lora_adapters or {}).keys())
         super().__init__(path, options, kind="generator", name=name)
         # The model name a call goes to: the role's LoRA adapter, or the base model.
-        self.adapter = options.adapter
-        self.target = self._target(options.adapter)
+        self.adapter = self.options.adapter
+        self.target = self._target(self.options.adapter)
 
     def _target(self, adapter: str | None) -> str:
         if adapter is None:
@@ -526,7 +527,7 @@ class RemoteGenerator(_RemoteEngine):
         return adapter
 
     def _check_routes(self, client: httpx.Client) -> None:
-        for adapter in self._adapters:
+        for adapter in sorted(self.options.lora_adapters or {}):
             try:
                 self._target(adapter)  # each loaded adapter must be a model of the server
             except ValueError as exc:
@@ -683,8 +684,6 @@ class RemoteScorer(_RemoteEngine):
     def __init__(
         self, path: str | Path, options: RemoteOptions | None = None, *, name: str | None = None
     ) -> None:
-        if options is None:
-            raise EngineLoadError("the remote backend needs a base_url option", path=str(path))
         self._tag_id: int | None = None
         super().__init__(path, options, kind="scorer", name=name)
 

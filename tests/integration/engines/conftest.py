@@ -72,3 +72,26 @@ def generator(request: pytest.FixtureRequest) -> Generator:
 @pytest.fixture(params=BACKENDS)
 def scorer(request: pytest.FixtureRequest) -> Scorer:
     return request.getfixturevalue(f"{request.param}_scorer")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_checkpoints: TinyCheckpoints, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two rank-8 adapters of the tiny policy on q/v (lm_head left out): one that changes
+    nothing, one that changes a lot. The LoRA and remote-backend tests serve both."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("lora")
+    out = {}
+    for name, scale in (("noop", 0.0), ("loud", 0.5)):
+        model = AutoModelForCausalLM.from_pretrained(tiny_checkpoints.policy)
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+        peft_model = get_peft_model(model, config)
+        torch.manual_seed(0)
+        for pname, p in peft_model.named_parameters():
+            if "lora_B" in pname:
+                p.data.normal_(0.0, scale) if scale else p.data.zero_()
+        peft_model.save_pretrained(root / name)
+        out[name] = str(root / name)
+    return out

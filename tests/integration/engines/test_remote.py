@@ -28,36 +28,19 @@ from engines.base import (
 from engines.hf import HFGenerator, HFOptions
 from engines.registry import load_engines
 from engines.remote import RemoteGenerator, RemoteOptions, RemoteScorer, UpstreamCall
-from engines.text import global_refine_prompt, join_steps, local_refine_prompt, policy_prompt
+from engines.text import join_steps, policy_prompt
+from tests.support.parity import (
+    assert_logprobs_agree,
+    assert_same_greedy,
+    assert_scores_agree,
+    parity_prompts,
+)
 from tests.support.tiny_models import TinyCheckpoints, corrupt, tiny_problems
 
 pytestmark = pytest.mark.vllm
 
 PROBLEMS = tiny_problems(16, seed=202)
 GREEDY = SamplingParams(max_new_tokens=96)
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_checkpoints: TinyCheckpoints, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two rank-8 adapters of the tiny policy on q/v (lm_head left out): a no-op and a loud one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("remote-lora")
-    out = {}
-    for name, scale in (("noop", 0.0), ("loud", 0.5)):
-        model = AutoModelForCausalLM.from_pretrained(tiny_checkpoints.policy)
-        peft_model = get_peft_model(
-            model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
-        )
-        torch.manual_seed(0)
-        for pname, p in peft_model.named_parameters():
-            if "lora_B" in pname:
-                p.data.normal_(0.0, scale) if scale else p.data.zero_()
-        peft_model.save_pretrained(root / name)
-        out[name] = str(root / name)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -107,24 +90,12 @@ def remote_scorer(
     asyncio.run(engine.close())
 
 
-def _prompts() -> list[str]:
-    prompts = [policy_prompt(p.question) for p in PROBLEMS]
-    for p in PROBLEMS[:4]:
-        draft = join_steps(p.steps)
-        prompts.append(global_refine_prompt(p.question, draft))
-        prompts.append(local_refine_prompt(p.question, draft, len(p.steps) - 1).prompt)
-    return prompts
-
-
 async def test_greedy_text_is_identical_to_the_in_process_hf_engine(
     hf_generator: Generator, remote_generator: RemoteGenerator
 ) -> None:
-    prompts = _prompts()
+    prompts = parity_prompts(PROBLEMS)
     hf = await hf_generator.generate(prompts, GREEDY)
-    remote = await remote_generator.generate(prompts, GREEDY)
-    assert [c[0].text for c in remote] == [c[0].text for c in hf]
-    assert [c[0].finish_reason for c in remote] == [c[0].finish_reason for c in hf]
-    assert [c[0].num_tokens for c in remote] == [c[0].num_tokens for c in hf]
+    assert_same_greedy(hf, await remote_generator.generate(prompts, GREEDY))
 
 
 async def test_step_and_outcome_scores_agree_with_hf_within_1e_4(
@@ -133,11 +104,7 @@ async def test_step_and_outcome_scores_agree_with_hf_within_1e_4(
     rng = random.Random(3)
     requests = [ScoreRequest(p.question, p.steps) for p in PROBLEMS]
     requests += [ScoreRequest(p.question, corrupt(p, rng)[0]) for p in PROBLEMS]
-    hf = await hf_scorer.score(requests)
-    remote = await remote_scorer.score(requests)
-    for a, b in zip(hf, remote, strict=True):
-        assert len(b.step_probs) == len(a.step_probs)
-        assert b.step_probs == pytest.approx(a.step_probs, abs=1e-4)
+    assert_scores_agree(await hf_scorer.score(requests), await remote_scorer.score(requests))
 
 
 async def test_prompt_log_probabilities_agree_with_hf_within_1e_4(
@@ -145,10 +112,7 @@ async def test_prompt_log_probabilities_agree_with_hf_within_1e_4(
 ) -> None:
     requests = [LikelihoodRequest(policy_prompt(p.question), join_steps(p.steps)) for p in PROBLEMS]
     hf = await hf_generator.logprobs(requests)
-    remote = await remote_generator.logprobs(requests)
-    for a, b in zip(hf, remote, strict=True):
-        assert len(b.logprobs) == len(a.logprobs)
-        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+    assert_logprobs_agree(hf, await remote_generator.logprobs(requests))
 
 
 async def test_seeded_sampling_gives_n_samples_and_repeats_with_its_seed(
