@@ -164,6 +164,17 @@ def inputs_hash(graph: Graph, cfg: RunConfig, manifest: Manifest, stage: str) ->
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def finished(graph: Graph, run: Run, manifest: Manifest, stage: str) -> bool:
+    """Whether `stage` is done under its current inputs, with its outputs in place: what lets a
+    rerun skip it (and a reader use it without running anything)."""
+    entry = manifest.stage(stage)
+    return (
+        entry.get("status") == "done"
+        and entry.get("config_hash") == inputs_hash(graph, run.cfg, manifest, stage)
+        and outputs_exist(graph, run, stage)
+    )
+
+
 def outputs_exist(graph: Graph, run: Run, stage: str) -> bool:
     return all(
         is_checkpoint(run.checkpoint(o)) if isinstance(o, Role) else (run.out / o).exists()
@@ -321,8 +332,7 @@ def run_graph(
         spec, entry = graph[name], manifest.stage(name)
         forced = force and name in names
         inputs = inputs_hash(graph, cfg, manifest, name)
-        done = entry.get("status") == "done" and entry.get("config_hash") == inputs
-        if done and outputs_exist(graph, run, name) and not forced:
+        if finished(graph, run, manifest, name) and not forced:
             run.say(f"{name}: done earlier, skipped")
             continue
         resume_dir = out / RESUME_DIR / name  # the trainer's checkpoints (trainer.stage_session)

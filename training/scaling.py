@@ -164,21 +164,20 @@ def measure(args: argparse.Namespace, variant: Variant, seed: int) -> dict[str, 
 
 
 def _finished_policy(out: Path, cfg: Any) -> dict[str, Any] | None:
-    """The policy stage's manifest entry when `out` finished it under this very recipe (its data,
-    model, policy and seed), else None. Reading instead of rerunning lets a study include a run
-    that another process is still extending (the shipped run's later stages)."""
-    import yaml
+    """The policy stage's manifest entry when `out` finished it under these very inputs (the
+    check that lets a rerun skip it), else None. Reading instead of rerunning lets a study
+    include a run that another process is still extending (the shipped run's later stages):
+    running the graph on it would rewrite its manifest."""
+    from training.graph import Manifest, Run, finished
+    from training.pipeline import GRAPH
 
-    manifest, recipe = out / "manifest.json", out / "policy" / "recipe.yaml"
-    if not manifest.is_file() or not recipe.is_file():
+    path = out / "manifest.json"
+    if not path.is_file():
         return None
-    entry: dict[str, Any] = json.loads(manifest.read_text())["stages"].get("policy", {})
-    trained = yaml.safe_load(recipe.read_text())
-    want = cfg.to_dict()
-    same = all(trained.get(k) == want[k] for k in ("seed", "data", "model", "policy"))
-    if entry.get("status") != "done" or not same:
+    manifest = Manifest.open(path, cfg)
+    if not finished(GRAPH, Run(cfg, out), manifest, "policy"):
         return None
-    return entry
+    return manifest.stage("policy")
 
 
 def greedy(policy: Path, problems: Sequence[Any], args: argparse.Namespace) -> list[bool]:

@@ -49,13 +49,17 @@ class TrainResult:
     def final_loss(self) -> float | None:
         return self.losses[-1][1] if self.losses else None
 
+    @property
+    def tokens_per_second(self) -> float | None:
+        return round(self.tokens / self.seconds, 1) if self.seconds else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
             "examples": self.examples,
             "tokens": self.tokens,
             "seconds": round(self.seconds, 2),
-            "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
+            "tokens_per_second": self.tokens_per_second,
             "first_loss": self.first_loss,
             "final_loss": self.final_loss,
             "losses": self.losses,
@@ -77,7 +81,9 @@ class StageSession:
     def throughput(self) -> dict[str, float]:
         """Training tokens per second of each loop that ran, by its name."""
         return {
-            name: round(r.tokens / r.seconds, 1) for name, r in self.results.items() if r.seconds
+            name: r.tokens_per_second
+            for name, r in self.results.items()
+            if r.tokens_per_second is not None
         }
 
 
