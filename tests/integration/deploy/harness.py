@@ -218,12 +218,15 @@ def render_nginx_config(
     locations) is the shipped text, byte for byte.
     """
     text = shipped.read_text()
-    servers = re.findall(r"^\s*server\s+([\w.-]+:\d+)\b", text, flags=re.MULTILINE)
+    servers = upstream_servers(text)
     assert len(servers) == len(upstreams), (
         f"deploy/nginx.conf has upstream servers {servers}, the test runs {len(upstreams)}"
     )
     for shipped_addr, addr in zip(servers, upstreams, strict=True):
-        text = _sub_once(rf"(^\s*server\s+){re.escape(shipped_addr)}\b", rf"\g<1>{addr}", text)
+        # Each replica is listed twice: as a primary and as a backup (see deploy/nginx.conf).
+        text = _sub_once(
+            rf"(^\s*server\s+){re.escape(shipped_addr)}\b", rf"\g<1>{addr}", text, count=2
+        )
     text = _sub_once(r"^(\s*)listen\s+80;", rf"\g<1>listen {LOOPBACK}:{listen_port};", text)
     text = _sub_once(r"^pid\s+\S+;", f"pid {workdir}/nginx.pid;", text)
     # Workers run as the current user: as root that must be said (the default is `nobody`,
@@ -237,6 +240,12 @@ def render_nginx_config(
     )
     text = _sub_once(r"^http\s*\{\n", "http {\n" + temp_paths, text)
     return text
+
+
+def upstream_servers(text: str) -> list[str]:
+    """The replicas of nginx.conf's upstream, in order, each once (primary and backup lines)."""
+    found = re.findall(r"^\s*server\s+([\w.-]+:\d+)\b", text, flags=re.MULTILINE)
+    return list(dict.fromkeys(found))
 
 
 @dataclass
