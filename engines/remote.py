@@ -254,14 +254,20 @@ class _Server:
     def _probe(self, client: httpx.Client) -> tuple[bool, str]:
         try:
             r = client.get(self._health_path, timeout=min(5.0, self.options.health_interval_s * 5))
-        except httpx.ConnectError:
-            return False, "unreachable (connection refused)"
-        except httpx.TimeoutException:
-            return False, f"no answer to GET {self._health_path}"
         except httpx.HTTPError as exc:
-            return False, f"unreachable ({type(exc).__name__})"
-        if r.status_code != 200:
-            return False, f"unhealthy (GET {self._health_path}: {r.status_code})"
+            return self._verdict(exc)
+        return self._verdict(r)
+
+    def _verdict(self, answer: httpx.Response | httpx.HTTPError) -> tuple[bool, str]:
+        """Healthy or not, and why, from the answer to GET of the health route."""
+        if isinstance(answer, httpx.ConnectError):
+            return False, "unreachable (connection refused)"
+        if isinstance(answer, httpx.TimeoutException):
+            return False, f"no answer to GET {self._health_path}"
+        if isinstance(answer, httpx.HTTPError):
+            return False, f"unreachable ({type(answer).__name__})"
+        if answer.status_code != 200:
+            return False, f"unhealthy (GET {self._health_path}: {answer.status_code})"
         return True, "serving"
 
     async def close(self) -> None:
@@ -355,7 +361,30 @@ class _Server:
             if "context length" in message or "max_model_len" in message:
                 raise ContextLengthError(f"prompts: the model server refused it: {message}")
             raise InputError(f"the model server refused the request: {message}")
+        # A server that is going down answers its in-flight calls with a 500 (vLLM's engine
+        # stopping: "EngineCore encountered an issue"): one look at its health tells that from a
+        # failure of this call alone. Down, it is marked so at once, and the call counts as
+        # the server's unavailability (the service's 503 naming the role), not as its error.
+        healthy, detail = await self._probe_now(deadline)
+        if not healthy:
+            self.mark(False, detail)
+            raise _Outcome(
+                "unavailable",
+                f"{self.name}: {route} answered {r.status_code} and the server is {detail}",
+            )
         raise _Outcome("server_error", f"{self.name}: {route} answered {r.status_code}: {message}")
+
+    async def _probe_now(self, deadline: float) -> tuple[bool, str]:
+        """The server's health now (its health route, as the poller reads it), within 2 s and
+        the call's deadline."""
+        left = min(2.0, deadline - time.monotonic())
+        if left <= 0:
+            return True, "not checked (no time left)"
+        try:
+            r = await self.client().get(self._health_path, timeout=left)
+        except httpx.HTTPError as exc:
+            return self._verdict(exc)
+        return self._verdict(r)
 
 
 class _Outcome(EngineError):

@@ -283,6 +283,42 @@ def test_a_missing_api_key_variable_is_refused_by_name(
         )
 
 
+async def test_a_server_stopped_mid_call_counts_as_unavailable_and_is_marked_down_at_once(
+    tiny_checkpoints: TinyCheckpoints, policy_server: ModelServer
+) -> None:
+    """`podman stop`/`docker stop` (SIGTERM): vLLM ends its in-flight calls as it goes down.
+    Such a call is the server's unavailability (the service's 503 naming the role), never a
+    plain engine error, and the engine knows the server is down before its next health poll.
+    The server is started again for the tests after this one."""
+    # No health poll during the test: the call itself must find the server down.
+    options = _options(policy_server, model="policy", retries=0, health_interval_s=60.0)
+    engine = RemoteGenerator(Path(tiny_checkpoints.policy), options)
+    calls: list[UpstreamCall] = []
+    engine.observe(lambda role, call: calls.append(call))
+    # As in the cancellation test above: enough work that it is in flight for seconds.
+    long = SamplingParams(n=16, temperature=1.0, seed=3, max_new_tokens=400)
+    prompts = [policy_prompt(p.question) for p in PROBLEMS]
+    try:
+        assert engine.health().healthy
+        async with httpx.AsyncClient(base_url=policy_server.url) as client:
+            before = await _generated(client)
+            call = asyncio.create_task(engine.generate(prompts, long))
+            while await _generated(client) == before:  # stop once the server is generating
+                assert not call.done()
+                await asyncio.sleep(0.02)
+        assert not call.done(), "the call ended before the stop: nothing was in flight"
+        await asyncio.to_thread(policy_server.stop)
+        with pytest.raises(EngineError) as raised:
+            await call
+        assert getattr(raised.value, "outcome", None) in ("unavailable", "disconnected")
+        assert calls[-1].outcome in ("unavailable", "disconnected"), calls[-1]
+        assert not engine.health().healthy, engine.health()
+    finally:
+        await engine.close()
+        if not policy_server.alive():
+            policy_server.start()
+
+
 async def test_a_refused_call_is_retried_with_backoff_then_fails_and_a_restart_recovers(
     tiny_checkpoints: TinyCheckpoints, scorer_server: ModelServer
 ) -> None:
