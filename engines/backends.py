@@ -37,6 +37,10 @@ class BackendSpec(Generic[OptionsT]):
     options: type[OptionsT]
     # The option that bounds the sequences one engine works on at once (training sets it).
     batch_size_option: str
+    # Whether this backend's engines may load at the same time as other engines (the registry
+    # then loads them on a thread pool). Only where a load is safe beside others in one process
+    # and mostly waits (on a child process or the network) rather than holding our cores.
+    parallel_load: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size_option not in self.options.model_fields:
@@ -55,6 +59,9 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         scorer=HFScorer,
         options=HFOptions,
         batch_size_option="max_batch_size",
+        # from_pretrained sets torch's process-wide default dtype while it builds a model, so
+        # two at once can race; and a load is CPU-bound in this process: nothing to overlap.
+        parallel_load=False,
     ),
     Backend.VLLM: BackendSpec(
         generator=VLLMGenerator,
@@ -62,6 +69,8 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         options=VLLMOptions,
         # vLLM schedules continuously; this caps the sequences in its running batch.
         batch_size_option="max_num_seqs",
+        # Each engine loads its model in its own EngineCore process; this one mostly waits.
+        parallel_load=True,
     ),
     Backend.REMOTE: BackendSpec(
         generator=RemoteGenerator,
@@ -69,6 +78,8 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         options=RemoteOptions,
         # The server schedules; this caps the connections one engine opens to it.
         batch_size_option="max_connections",
+        # A load is a few HTTP calls to the model's server.
+        parallel_load=True,
     ),
 }
 
