@@ -6,6 +6,7 @@ backend is one module (two engine classes and an options model) plus one row her
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -16,6 +17,7 @@ from engines.hf import HFGenerator, HFOptions, HFScorer
 from engines.options import EngineOptions
 from engines.remote import RemoteGenerator, RemoteOptions, RemoteScorer
 from engines.vllm import VLLMGenerator, VLLMOptions, VLLMScorer
+from engines.vllm import prepare_load as prepare_vllm_load
 
 OptionsT = TypeVar("OptionsT", bound=EngineOptions)
 O_contra = TypeVar("O_contra", bound=EngineOptions, contravariant=True)
@@ -41,6 +43,9 @@ class BackendSpec(Generic[OptionsT]):
     # then loads them on a thread pool). Only where a load is safe beside others in one process
     # and mostly waits (on a child process or the network) rather than holding our cores.
     parallel_load: bool = False
+    # Called with each engine's checkpoint, one engine after another, before engines of this
+    # backend load together: the part of a load that is unsafe beside another (first imports).
+    prepare_load: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size_option not in self.options.model_fields:
@@ -71,6 +76,7 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         batch_size_option="max_num_seqs",
         # Each engine loads its model in its own EngineCore process; this one mostly waits.
         parallel_load=True,
+        prepare_load=prepare_vllm_load,
     ),
     Backend.REMOTE: BackendSpec(
         generator=RemoteGenerator,

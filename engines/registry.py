@@ -296,6 +296,9 @@ def _load_groups(
     try:
         for key in alone:
             loads.add(key, *_timed_load(*jobs[key]))
+        if len(together) > 1:
+            for key in together:
+                _prepare(*jobs[key])
         if len(together) == 1:
             loads.add(together[0], *_timed_load(*jobs[together[0]]))
         elif together:
@@ -304,6 +307,19 @@ def _load_groups(
         _close_now(loads.abandon())
         raise
     return loads.engines, loads.seconds
+
+
+def _prepare(role: Role, spec: EngineSpec) -> None:
+    """The part of `spec`'s load that its backend runs alone before loading beside others."""
+    prepare = backend_row(spec.backend).prepare_load
+    if prepare is None:
+        return
+    try:
+        prepare(spec.path)
+    except Exception as exc:
+        raise EngineLoadError(
+            f"cannot load the {role.value} model: {exc}", role=str(role), path=spec.path
+        ) from exc
 
 
 class _Loads:
