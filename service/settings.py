@@ -222,8 +222,8 @@ class Settings(BaseSettings):
         default=len(Role),
         ge=1,
         description="Engines that load at once at startup, where their backend allows it "
-        "(vLLM, remote; transformers models load one after another); 1: every engine after "
-        "the last.",
+        "(vLLM, remote; transformers models load one after another); 1: all of them one "
+        "after another.",
     )
     limits: Limits = Field(default_factory=Limits)
     defaults: Defaults = Field(default_factory=Defaults)
