@@ -299,3 +299,33 @@ async def test_a_cancelled_async_load_closes_its_engines_once_they_load(tmp_path
 def test_concurrency_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="concurrency"):
         load_engines(_specs(tmp_path), concurrency=0)
+
+
+def test_the_service_loads_its_engines_with_its_load_concurrency(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from glore.app import create_app
+    from service.settings import Settings
+
+    roles = {r.value: {"path": str(tmp_path / r.value), "backend": "together"} for r in Role}
+    for concurrency, most in ((1, 1), (len(Role), len(Role))):
+        SCRIPT.built.clear()
+        SCRIPT.most_at_once = 0
+        everyone = threading.Barrier(len(Role), timeout=PATIENCE_S)
+        # One at a time, each load lingers, so loads that overlapped would be seen to.
+        linger: Callable[[], object] = (lambda: time.sleep(0.2)) if most == 1 else everyone.wait
+        SCRIPT.on_load = {r.value: linger for r in Role}
+        settings = Settings(load_concurrency=concurrency, **roles)  # type: ignore[arg-type]
+        with TestClient(create_app(settings)) as client:
+            _wait_until(lambda: client.get("/ready").status_code == 200)
+            assert SCRIPT.most_at_once == most
+        assert all(e.closed for e in SCRIPT.built)
+
+
+def test_the_settings_refuse_a_load_concurrency_below_one() -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="load_concurrency"):
+        Settings(load_concurrency=0)
