@@ -64,8 +64,11 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         scorer=HFScorer,
         options=HFOptions,
         batch_size_option="max_batch_size",
-        # from_pretrained sets torch's process-wide default dtype while it builds a model, so
-        # two at once can race; and a load is CPU-bound in this process: nothing to overlap.
+        # Not thread-safe: from_pretrained sets process-wide state while it builds a model
+        # (torch's default dtype, a meta-device context). Three tiny causal LMs loaded on
+        # threads failed every time ("Cannot copy out of meta tensor"), and later loads in that
+        # process failed too. Nothing to win either: the five tiny models load in 0.2 s once
+        # transformers is imported, and a load holds this process's cores.
         parallel_load=False,
     ),
     Backend.VLLM: BackendSpec(
