@@ -92,6 +92,7 @@ def bench_cold_start(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(r: dict[str, Any]) -> str:
     t = r["target"]
+    cpu = statistics.median(s["cpu_s"] for ss in r["starts"].values() for s in ss)
     lines = [
         "# Cold start: engines one after another against engines together",
         "",
@@ -106,6 +107,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"**{r['ratio_parallel_to_serial']:.2f}**",
         f"- target: {t['metric']} {t['target']}: {t['value']:.1f} s, "
         f"{'met' if t['met'] else '**missed**'}",
+        f"- CPU: a start took {cpu:.0f} CPU-seconds (median, the server and its engine "
+        f"processes), whichever mode: on {r['cpus']} CPUs no start can take less than "
+        f"{cpu / r['cpus']:.0f} s, however its engines overlap and with nothing else running",
         "",
         "| mode | # | cold start | models (wall) | engines' own loads, summed | CPU s (tree) "
         "| load avg before → after | engines |",
