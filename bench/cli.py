@@ -15,6 +15,10 @@ MODULES = {
         "bench.orchestrator",
         "a replica with every role remote on vLLM servers: cold start, RSS, no torch",
     ),
+    "cold-start": (
+        "bench.cold_start",
+        "a live server's cold start, engines loading one after another against together",
+    ),
     "adapters": (
         "bench.adapters",
         "a full run against the same run with refiners as LoRA adapters: accuracy, cold start, "
@@ -25,7 +29,9 @@ MODULES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(
-        dest="bench", metavar="{engines,service,load,orchestrator,adapters}", required=True
+        dest="bench",
+        metavar="{engines,service,load,orchestrator,cold-start,adapters}",
+        required=True,
     )
     p = sub.add_parser(
         "engines",

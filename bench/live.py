@@ -103,6 +103,26 @@ def tree_rss(pid: int) -> int:
     return sum(process_rss(pid).values())
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) of a process and all its descendants so far, the children
+    they have already reaped included."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def process_rss(pid: int) -> dict[str, int]:
     """Resident bytes of a process ("server") and of each descendant, by its title (vLLM names
     its engine cores and workers, e.g. VLLM::EngineCore), numbered by order of appearance

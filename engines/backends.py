@@ -6,6 +6,7 @@ backend is one module (two engine classes and an options model) plus one row her
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -16,6 +17,7 @@ from engines.hf import HFGenerator, HFOptions, HFScorer
 from engines.options import EngineOptions
 from engines.remote import RemoteGenerator, RemoteOptions, RemoteScorer
 from engines.vllm import VLLMGenerator, VLLMOptions, VLLMScorer
+from engines.vllm import prepare_load as prepare_vllm_load
 
 OptionsT = TypeVar("OptionsT", bound=EngineOptions)
 O_contra = TypeVar("O_contra", bound=EngineOptions, contravariant=True)
@@ -37,6 +39,13 @@ class BackendSpec(Generic[OptionsT]):
     options: type[OptionsT]
     # The option that bounds the sequences one engine works on at once (training sets it).
     batch_size_option: str
+    # Whether this backend's engines may load at the same time as other engines (the registry
+    # then loads them on a thread pool). Only where a load is safe beside others in one process
+    # and mostly waits (on a child process or the network) rather than holding our cores.
+    parallel_load: bool = False
+    # Called with each engine's checkpoint, one engine after another, before engines of this
+    # backend load together: the part of a load that is unsafe beside another (first imports).
+    prepare_load: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size_option not in self.options.model_fields:
@@ -55,6 +64,12 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         scorer=HFScorer,
         options=HFOptions,
         batch_size_option="max_batch_size",
+        # Not thread-safe: from_pretrained sets process-wide state while it builds a model
+        # (torch's default dtype, a meta-device context). Three tiny causal LMs loaded on
+        # threads failed every time ("Cannot copy out of meta tensor"), and later loads in that
+        # process failed too. Nothing to win either: the five tiny models load in 0.2 s once
+        # transformers is imported, and a load holds this process's cores.
+        parallel_load=False,
     ),
     Backend.VLLM: BackendSpec(
         generator=VLLMGenerator,
@@ -62,6 +77,9 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         options=VLLMOptions,
         # vLLM schedules continuously; this caps the sequences in its running batch.
         batch_size_option="max_num_seqs",
+        # Each engine loads its model in its own EngineCore process; this one mostly waits.
+        parallel_load=True,
+        prepare_load=prepare_vllm_load,
     ),
     Backend.REMOTE: BackendSpec(
         generator=RemoteGenerator,
@@ -69,6 +87,8 @@ BACKENDS: dict[str, BackendSpec[Any]] = {
         options=RemoteOptions,
         # The server schedules; this caps the connections one engine opens to it.
         batch_size_option="max_connections",
+        # A load is a few HTTP calls to the model's server.
+        parallel_load=True,
     ),
 }
 

@@ -87,6 +87,29 @@ class VLLMOptions(EngineOptions):
     )
 
 
+# Engines loading together (engines/registry.py) take turns building their vLLM configuration:
+# it has process-wide effects (the CPU platform sets environment variables the EngineCore
+# process inherits). The long part, the EngineCore process loading the model, overlaps.
+_CONFIG_LOCK = threading.Lock()
+
+
+def prepare_load(path: str) -> None:
+    """What a load of `path` imports first, done before engines load together: a first import
+    in two threads at once can hand one a half-imported module (five vLLM engines started
+    together failed with "cannot import name 'AutoConfig' from 'transformers'"). Never raises:
+    the load itself reports what is wrong."""
+    try:
+        import vllm.engine.arg_utils
+        import vllm.v1.engine.async_llm  # noqa: F401
+        from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+        from vllm.platforms import current_platform
+
+        current_platform.is_cpu()  # resolved on first use
+        AutoConfig.from_pretrained(path)  # imports the model's own config class
+    except Exception as exc:
+        log.debug("preparing to load %s: %r (the load reports it)", path, exc)
+
+
 class _Runtime:
     """An AsyncLLM living on its own event loop in a daemon thread."""
 
@@ -109,11 +132,14 @@ class _Runtime:
 
     async def _start(self, path: str, engine_kwargs: dict[str, Any]) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(model=path, disable_log_stats=True, **engine_kwargs)
+        with _CONFIG_LOCK:
+            config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
         # Built on this loop, so vLLM's output handler runs here too.
-        return AsyncLLM.from_engine_args(args)
+        return AsyncLLM.from_vllm_config(config, disable_log_stats=True)
 
     async def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the engine's loop; cancelling the caller cancels it there."""

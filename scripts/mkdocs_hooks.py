@@ -159,10 +159,13 @@ def options_table() -> str:
 def backends_list() -> str:
     """The backends a setting may name, with the classes each row serves a role with."""
 
-    lines = ["| backend | generator | scorer | options model |", "| --- | --- | --- | --- |"]
+    lines = [
+        "| backend | generator | scorer | options model | loads beside other engines |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     lines += [
         f"| `{name}` | `{row.generator.__name__}` | `{row.scorer.__name__}` | "
-        f"`{row.options.__name__}` |"
+        f"`{row.options.__name__}` | {'yes' if row.parallel_load else 'no, one at a time'} |"
         for name, row in BACKENDS.items()
     ]
     return "\n".join(lines)

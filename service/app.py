@@ -201,9 +201,9 @@ async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
     logger.info("loading models", extra={"roles": where})
     start = time.perf_counter()
     try:
-        from engines.registry import load_engines  # torch and friends: only when serving
+        from engines.registry import load_engines_async  # torch and friends: only when serving
 
-        loaded = await asyncio.to_thread(load_engines, specs)
+        loaded = await load_engines_async(specs, concurrency=state.settings.load_concurrency)
         if state.profile is not None:
             state.question_tokenizer = await asyncio.to_thread(_tokenizer, specs[Role.POLICY])
         state.metrics.watch_upstream(loaded, loaded.roles)
@@ -213,7 +213,12 @@ async def _load(state: ServiceState, specs: Mapping[Role, EngineSpec]) -> None:
         logger.error("model load failed: %s", exc, exc_info=exc)
         return
     seconds = time.perf_counter() - start
-    logger.info("models loaded in %.1f s", seconds, extra={"engines": loaded.load_seconds})
+    logger.info(
+        "models loaded in %.1f s (engines' own loads add up to %.1f s)",
+        seconds,
+        sum(loaded.load_seconds.values()),
+        extra={"engines": loaded.load_seconds},
+    )
     for engine, took in loaded.load_seconds.items():
         state.metrics.engine_load.labels(engine=engine).set(took)
     state.metrics.models_load.set(seconds)

@@ -137,7 +137,8 @@ class Metrics:
         self.engine_load = Gauge(
             "glore_engine_load_seconds",
             "Seconds each loaded engine took to load, by the roles it serves (e.g. "
-            "policy+refine_global+refine_local when the refiners are adapters of the policy).",
+            "policy+refine_global+refine_local when the refiners are adapters of the policy); "
+            "engines loading together overlap, so these add up to more than the models' load.",
             ["engine"],
             registry=r,
         )

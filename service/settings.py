@@ -218,6 +218,13 @@ class Settings(BaseSettings):
         description="Bearer keys (comma-separated or a JSON list); with any, every route but "
         "/health and /ready needs one. Empty: no auth.",
     )
+    load_concurrency: int = Field(
+        default=len(Role),
+        ge=1,
+        description="Engines that load at once at startup, where their backend allows it "
+        "(vLLM, remote; transformers models load one after another); 1: all of them one "
+        "after another.",
+    )
     limits: Limits = Field(default_factory=Limits)
     defaults: Defaults = Field(default_factory=Defaults)
     traces: Traces = Field(default_factory=Traces)

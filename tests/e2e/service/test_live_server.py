@@ -326,7 +326,8 @@ def test_metrics_after_traffic(client: httpx.Client) -> None:
 
 def test_metrics_say_what_each_engine_took_to_load(client: httpx.Client) -> None:
     """The cold start's model part, per engine: each loaded engine once, named by the roles it
-    serves, so the roles split among them and the engines' seconds fit in the models' total."""
+    serves, so the roles split among them and each engine's seconds fit in the models' total
+    (transformers engines load one after another: their sum does too)."""
     text = client.get("/metrics").text
     engines = {
         m.group(1): float(m.group(2))
@@ -335,7 +336,7 @@ def test_metrics_say_what_each_engine_took_to_load(client: httpx.Client) -> None
     (total,) = [float(v) for v in re.findall(r"^glore_models_load_seconds (\S+)$", text, re.M)]
     roles = [r for name in engines for r in name.split("+")]
     assert sorted(roles) == sorted(r.value for r in Role)
-    assert all(v > 0 for v in engines.values())
+    assert all(0 < v <= total for v in engines.values())
     assert sum(engines.values()) <= total
 
 
