@@ -17,13 +17,17 @@ def build_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("podman") / "build.log"
 
 
+def _image(target: str, build_log: Path) -> str:
+    podman.require_podman()
+    built = podman.build(target, log=build_log)
+    print(f"{target} image {built.tag}: {built.seconds:.0f}s (reused: {built.cached})")
+    return built.tag
+
+
 @pytest.fixture(scope="session")
 def glore_image(build_log: Path) -> str:
     """The project's Dockerfile, cpu target, built on the Debian base (or reused)."""
-    podman.require_podman()
-    built = podman.build("cpu", log=build_log)
-    print(f"glore image {built.tag}: {built.seconds:.0f}s (reused: {built.cached})")
-    return built.tag
+    return _image("cpu", build_log)
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +46,7 @@ def mountable_run(
 @pytest.fixture(scope="session")
 def orchestrator_image(build_log: Path) -> str:
     """The Dockerfile's orchestrator target (no torch, no vLLM), built on the Debian base."""
-    podman.require_podman()
-    built = podman.build("orchestrator", log=build_log)
-    print(f"orchestrator image {built.tag}: {built.seconds:.0f}s (reused: {built.cached})")
-    return built.tag
+    return _image("orchestrator", build_log)
 
 
 @pytest.fixture(scope="session")

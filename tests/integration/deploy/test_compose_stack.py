@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from tests.integration.deploy import podman
-from tests.integration.deploy.harness import DEPLOY, ROOT, free_port, wait_until
-from tests.integration.deploy.stack import Stack, debian_image
+from tests.integration.deploy.harness import DEPLOY, ROOT, wait_until
+from tests.integration.deploy.stack import Stack, running_stack
 from tests.support.tiny_models import tiny_problems
 
 pytestmark = pytest.mark.timeout(3600)  # a cold build installs torch and vLLM (minutes)
@@ -39,34 +39,15 @@ def stack(
     build_log: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    nginx, prom = debian_image("Nginx", build_log), debian_image("Prometheus", build_log)
     # The compose file names the replicas' image glore:cpu; it is the image built above.
-    podman.podman("tag", glore_image, "localhost/glore:cpu")
-    http_port, prom_port = free_port(), free_port()
-    env = {
-        **podman.env(),
-        "GLORE_RUN_DIR": str(mountable_run),
-        "GLORE_HTTP_PORT": str(http_port),
-        "PROMETHEUS_PORT": str(prom_port),
-        # Required by the compose file (Grafana has no default password); Grafana is not started.
-        "GRAFANA_ADMIN_PASSWORD": uuid.uuid4().hex,
-        "GLORE_TEST_NGINX_IMAGE": nginx,
-        "GLORE_TEST_PROMETHEUS_IMAGE": prom,
-    }
-    log = tmp_path_factory.mktemp("compose") / "compose.log"
-    s = Stack(
-        compose_file=COMPOSE,
-        project=f"glore-test-{uuid.uuid4().hex[:8]}",
-        env=env,
-        url=f"http://127.0.0.1:{http_port}",
-        prometheus=f"http://127.0.0.1:{prom_port}",
-        log=log,
-    )
-    try:
-        up = s.compose("up", "-d", "--no-build", *SERVICES)
-        assert up.returncode == 0, log.read_text()[-4000:]
-        s.find_containers()
-        assert set(s.containers) == set(SERVICES), (s.containers, log.read_text()[-4000:])
+    with running_stack(
+        COMPOSE,
+        run_dir=mountable_run,
+        images={"glore:cpu": glore_image},
+        services=SERVICES,
+        build_log=build_log,
+        workdir=tmp_path_factory.mktemp("compose"),
+    ) as s:
         for replica in REPLICAS:
             wait_until(
                 lambda r=replica: s.healthy(r), timeout=300, interval=2, what=f"{replica} healthy"
@@ -77,8 +58,6 @@ def stack(
             what="/ready through nginx",
         )
         yield s
-    finally:
-        s.compose("down", "--volumes", "--timeout", "10", timeout=600)
 
 
 def _solve(url: str, *, max_new_tokens: int = 32, **extra: object) -> httpx.Response:

