@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import load, service
+from bench import direct, load, service
 from tests.support.tiny_models import TinyCheckpoints
 
 
@@ -26,7 +26,7 @@ def test_phases_put_overlapping_calls_together_and_keep_their_order() -> None:
         {"role": "refine_global", "start": 1.6, "end": 3.0},
         {"role": "orm", "start": 3.1, "end": 3.2},  # rerank
     ]
-    groups = service.phases(calls)
+    groups = direct.phases(calls)
     assert [[c["role"] for c in g] for g in groups] == [
         ["policy"],
         ["orm", "sorm"],
