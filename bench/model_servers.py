@@ -195,13 +195,34 @@ def serve_run(
     scorer_url: str | None = None,
     ready_timeout_s: float = 900,
 ) -> RunServers:
-    """Start (side by side) the vLLM servers that serve `roles` of `run`, or take given URLs;
-    each role's `remote` options (GLORE_<ROLE>__OPTIONS). Started: one completions server for
-    the policy, with refiner folders that hold LoRA adapters as its `--lora-modules` (the
-    registry names each adapter after its role), one completions server for each refiner that
-    is a model of its own, and one pooling server for each distinct reward checkpoint, so every
-    role decodes or scores with its own weights. Given: `policy_url` serves every generator
-    (adapters included) and `scorer_url` both reward models."""
+    """Start, side by side, the vLLM servers `plan_servers` plans, and wait until all are
+    ready; stop them all on a failure."""
+    servers = plan_servers(run, roles, policy_url=policy_url, scorer_url=scorer_url)
+    try:
+        for server in servers.servers:
+            server.start(wait=False)
+        for server in servers.servers:
+            server.wait_ready(ready_timeout_s)
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
+
+
+def plan_servers(
+    run: Path,
+    roles: Sequence[str] = (*GENERATORS, *SCORERS),
+    *,
+    policy_url: str | None = None,
+    scorer_url: str | None = None,
+) -> RunServers:
+    """The vLLM servers (not started) that serve `roles` of `run`, and each role's `remote`
+    options (GLORE_<ROLE>__OPTIONS). Started: one completions server for the policy, with the
+    refiner folders that hold LoRA adapters as its `--lora-modules` (the registry names each
+    adapter after its role), one completions server for each refiner that is a model of its
+    own, and one pooling server for each distinct reward checkpoint, so every role decodes or
+    scores with its own weights. Given: `policy_url` serves every generator (adapters
+    included) and `scorer_url` both reward models."""
     import json
 
     generators = [r for r in roles if r in GENERATORS]
@@ -244,16 +265,7 @@ def serve_run(
                     started.append(server)
                 server, name = by_weights[key]
                 options[role] = {"base_url": server.url, "model": name}
-    servers = RunServers(started, options)
-    try:
-        for server in started:
-            server.start(wait=False)
-        for server in started:
-            server.wait_ready(ready_timeout_s)
-    except BaseException:
-        servers.stop()
-        raise
-    return servers
+    return RunServers(started, options)
 
 
 def _weights_key(folder: Path) -> str:

@@ -1,11 +1,14 @@
 """`glore bench service` and `glore bench load` on the tiny checkpoints, scaled down: the reports
-they write hold real measurements of a live server; the call replay groups calls as they ran."""
+they write hold real measurements of a live server, and of the same engine calls made directly
+(the limit); the call replay groups calls as they ran."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+import pytest
 
 from bench import direct, load, service
 from tests.support.tiny_models import TinyCheckpoints
@@ -96,17 +99,25 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
     assert report["overhead"]["glore_always"]["engine_calls_per_solve"] == 6
     summary = report["summary"]
     assert summary["errors_5xx"] == 0
-    assert set(summary["batching_speedup"]["by_strategy"]) == {
-        "greedy",
-        "best_of_3",
-        "glore_always",
-    }
+    share = summary["share_of_limit"]
+    assert share["concurrency"] == 4
+    assert set(share["by_strategy"]) == {"greedy", "best_of_3", "glore_always"}
+    for strategy, limit in report["limit"].items():
+        # The direct replay made the calls glore made for the same requests: same count, and
+        # the same tokens give or take a sampled token's luck in a different batch.
+        mine = report["strategies"][strategy]["4"]
+        assert limit["requests"] == 16 and limit["concurrency"] == 4
+        assert limit["tokens_per_request"] == pytest.approx(mine["tokens_per_request"], rel=0.1)
+        assert share["by_strategy"][strategy] == pytest.approx(
+            mine["throughput_rps"] / limit["throughput_rps"]
+        )
+    assert report["limit"]["greedy"]["engine_calls_per_request"] == 2
     assert summary["glore_vs_best_of_3"]["glore_always"]["tokens_ratio"] > 0
     # Targets as data: one row per target and strategy, its verdict agreeing with its numbers.
     rows = report["targets"]
     assert {(t["name"], t["strategy"]) for t in rows} == {
         *(("overhead_solve_over_raw_c1", k) for k in ("greedy", "best_of_3", "glore_always")),
-        *(("throughput_c4_over_c1", k) for k in ("greedy", "best_of_3", "glore_always")),
+        *(("share_of_limit_c4", k) for k in ("greedy", "best_of_3", "glore_always")),
     }
     for t in rows:
         assert t["backend"] == "hf"
@@ -118,6 +129,7 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
     assert json.loads((tmp_path / "bench-service.json").read_text())["targets"] == rows
     text = (tmp_path / "bench-service-hf.md").read_text()
     assert "load average" in text and "≤ 1.15" in text and "cold start split" in text
+    assert "share of the limit at c4" in text and "≥ 0.85" in text
     assert "| figure | target | hf |" in (tmp_path / "bench-service.md").read_text()
 
 
