@@ -12,6 +12,8 @@ from typing import Any
 
 # A solve's engine calls, grouped into phases: the calls of a phase ran concurrently.
 Plan = list[list[dict[str, Any]]]
+# The roles each kind of model server serves in a remote deployment.
+SIDES = {"generators": ("policy", "refine_global", "refine_local"), "scorers": ("orm", "sorm")}
 
 
 def pipeline_config(body: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
@@ -159,6 +161,15 @@ async def limit(engines: Any, plans: Sequence[Plan], concurrency: int) -> dict[s
         "engine_calls_per_request": sum(calls) / len(calls),
         "tokens_per_request": sum(tokens) / len(tokens),
     }
+
+
+def only(plans: Sequence[Plan], roles: Sequence[str]) -> list[Plan]:
+    """The plans' calls to `roles` alone, in their phases and order (an emptied phase
+    dropped): the load one kind of model server sees from these requests."""
+    return [
+        [kept for phase in plan if (kept := [c for c in phase if c["role"] in roles])]
+        for plan in plans
+    ]
 
 
 async def overhead(

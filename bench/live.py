@@ -118,6 +118,25 @@ def tree_rss(pid: int) -> int:
     return sum(process_rss(pid).values())
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and its live descendants have used so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def process_rss(pid: int) -> dict[str, int]:
     """Resident bytes of a process ("server") and of each descendant, by its title (vLLM names
     its engine cores and workers, e.g. VLLM::EngineCore), numbered by order of appearance

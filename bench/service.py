@@ -351,8 +351,8 @@ def _bench(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.direct import limit, overhead, record_plans
-    from bench.live import LiveServer, load_breakdown
+    from bench.direct import SIDES, limit, only, overhead, record_plans
+    from bench.live import LiveServer, load_breakdown, tree_cpu_s
     from engines.registry import load_engines
 
     console = Console(stderr=True)
@@ -445,7 +445,12 @@ def _bench(
                             if args.profile and strategy == strategies[-1] and c == top
                             else None
                         )
+                        cpu_s = tree_cpu_s(server.process.pid)
                         figures, _ = asyncio.run(load_level(server.url, bodies, c))
+                        # The glore process tree's CPU (with in-process engines: theirs too).
+                        figures["server_cpu_s_per_request"] = (
+                            tree_cpu_s(server.process.pid) - cpu_s
+                        ) / len(bodies)
                         if profiling is not None:
                             report["profile"] = profiling.stop() | {
                                 "during": f"{strategy} at concurrency {c}"
@@ -467,6 +472,13 @@ def _bench(
                         task, description=f"{where.label}: {strategy}, the limit at c{top}"
                     )
                     limits[strategy] = asyncio.run(limit(engines, plans, top))
+                    # Each kind of model server alone (the other idle): what one machine of
+                    # them sustains for this strategy, the figures a deployment is sized from.
+                    for side, roles in SIDES.items():
+                        if set(roles) <= set(where.remote_roles):
+                            limits[strategy].setdefault("by_server", {})[side] = asyncio.run(
+                                limit(engines, only(plans, roles), top)
+                            )
                     progress.advance(task)
                 report["strategies"] = results
                 report["limit"] = limits
@@ -789,17 +801,19 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Latency and throughput",
         "",
-        "| strategy | concurrency | p50 ms | p95 ms | p99 ms | requests/s | tokens/request | 5xx |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| strategy | concurrency | p50 ms | p95 ms | p99 ms | requests/s | tokens/request | 5xx "
+        "| server CPU ms/request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for strategy, per in r["strategies"].items():
         for c, f in per.items():
             lat = f["latency_s"]
             five = sum(n for code, n in f["statuses"].items() if code.startswith("5"))
+            cpu = f.get("server_cpu_s_per_request")
             lines.append(
                 f"| {strategy} | {c} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | "
                 f"{_ms(lat['p99'])} | {f['throughput_rps']:.1f} | "
-                f"{f['tokens_per_request']:.0f} | {five} |"
+                f"{f['tokens_per_request']:.0f} | {five} | {'–' if cpu is None else _ms(cpu)} |"
             )
     lines += [
         "",
@@ -841,6 +855,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"{share['by_strategy'][k]:.3f} | {v['engine_calls_per_request']:.1f} | "
             f"{mine['tokens_per_request']:.0f} | {v['tokens_per_request']:.0f} |"
         )
+    lines += _by_server_lines(r)
     lines += ["", "## GLoRe against best-of-3 (concurrency 1)", ""]
     for k, v in sm["glore_vs_best_of_3"].items():
         lines.append(
@@ -870,6 +885,39 @@ def markdown(r: dict[str, Any]) -> str:
     else:
         lines.append(f"- accuracy: {acc['note']}")
     return "\n".join(lines) + "\n"
+
+
+def _by_server_lines(r: dict[str, Any]) -> list[str]:
+    """Each kind of model server alone (remote roles): the figures a deployment is sized from."""
+    split = {k: v["by_server"] for k, v in r["limit"].items() if "by_server" in v}
+    if not split:
+        return []
+    top = r["summary"]["share_of_limit"]["concurrency"]
+    lines = [
+        "",
+        f"## Each kind of model server alone (concurrency {top})",
+        "",
+        "The same plans with only the calls to one kind of server (the completions servers of "
+        "the policy and refiners, or the pooling servers of the reward models), replayed while "
+        "the other kind idles: the glore requests/s that kind sustains when it has this machine "
+        "to itself. glore's own CPU per request is the replica's (with every role remote, "
+        "it holds no model).",
+        "",
+        "| strategy | generator calls/request | generator servers alone, requests/s | "
+        "reward calls/request | reward servers alone, requests/s | glore CPU ms/request |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for k, v in split.items():
+        gen, rew = v.get("generators", {}), v.get("scorers", {})
+        cpu = r["strategies"][k][str(top)].get("server_cpu_s_per_request")
+        lines.append(
+            f"| {k} | {gen.get('engine_calls_per_request', float('nan')):.1f} | "
+            f"{gen.get('throughput_rps', float('nan')):.2f} | "
+            f"{rew.get('engine_calls_per_request', float('nan')):.1f} | "
+            f"{rew.get('throughput_rps', float('nan')):.2f} | "
+            f"{'–' if cpu is None else _ms(cpu)} |"
+        )
+    return lines
 
 
 def combined_markdown(both: dict[str, dict[str, Any]]) -> str:
