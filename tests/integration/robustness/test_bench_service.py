@@ -108,8 +108,10 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
         mine = report["strategies"][strategy]["4"]
         assert limit["requests"] == 16 and limit["concurrency"] == 4
         assert limit["tokens_per_request"] == pytest.approx(mine["tokens_per_request"], rel=0.1)
+        # glore measured again beside the direct calls, on the same 16 requests.
+        assert limit["glore_statuses"] == {"200": 16}
         assert share["by_strategy"][strategy] == pytest.approx(
-            mine["throughput_rps"] / limit["throughput_rps"]
+            limit["glore_throughput_rps"] / limit["throughput_rps"]
         )
     assert report["limit"]["greedy"]["engine_calls_per_request"] == 2
     assert summary["glore_vs_best_of_3"]["glore_always"]["tokens_ratio"] > 0

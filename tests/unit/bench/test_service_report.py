@@ -83,6 +83,14 @@ def test_share_of_the_limit_is_glores_top_level_over_the_direct_calls_and_judged
     assert "share of the limit at c16" in text and "| greedy | 9.00 | 10.00 | 0.900 |" in text
 
 
+def test_the_share_takes_glores_requests_per_second_measured_beside_the_direct_calls() -> None:
+    report = _report("hf")
+    report["limit"]["greedy"]["glore_throughput_rps"] = 5.0  # not the level's 9.0
+    report = _finish(report)
+    assert report["summary"]["share_of_limit"]["by_strategy"]["greedy"] == 0.5
+    assert "| greedy | 5.00 | 10.00 | 0.500 |" in service.markdown(report)
+
+
 def test_a_strategy_below_its_limit_share_is_reported_missed() -> None:
     report = _report("hf")
     report["limit"]["glore_always"]["throughput_rps"] = 4.0  # glore reaches half
