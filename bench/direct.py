@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +89,41 @@ def phases(calls: list[dict[str, Any]]) -> Plan:
     return out
 
 
-async def record(engines: Any, run_dir: Path, body: dict[str, Any]) -> Plan:
-    """The engine calls the server's pipeline makes for `body`, run here on `engines`."""
+# The server's question check beside a solve: (question, the policy) -> its one engine call.
+Check = Callable[[str, Any], Awaitable[Any]]
+
+
+def question_check(run_dir: Path, policy_spec: Any) -> Check | None:
+    """What /solve runs beside the pipeline when the run has a question profile: one read of
+    the question's log-probabilities by the policy (service.solver's warnings), so the direct
+    calls hold every engine call the server makes. None when the run has no profile."""
+    from service.app import _tokenizer  # the tokenizer the server reads questions with
+    from service.profile import read_profile, read_questions
+
+    profile = read_profile(run_dir)
+    if profile is None:
+        return None
+    tokenizer, known = _tokenizer(policy_spec), profile.known()
+
+    async def check(question: str, policy: Any) -> Any:
+        return await read_questions([question], tokenizer, known, policy)
+
+    return check
+
+
+async def record(
+    engines: Any, run_dir: Path, body: dict[str, Any], check: Check | None = None
+) -> Plan:
+    """The engine calls the server makes for `body` (its pipeline, and the question check
+    beside it), run here on `engines`."""
     from service.pipeline import solve
 
     recorder = _Recorder(engines)
     strategy_name, cfg = pipeline_config(body, run_dir)
-    await solve(body["question"], recorder, cfg, strategy_name)
+    jobs = [solve(body["question"], recorder, cfg, strategy_name)]
+    if check is not None:
+        jobs.append(check(body["question"], recorder.policy))
+    await asyncio.gather(*jobs)
     return phases(recorder.calls)
 
 
@@ -129,14 +157,18 @@ async def _at_once(items: int, concurrency: int, work: Any) -> float:
 
 
 async def record_plans(
-    engines: Any, run_dir: Path, bodies: Sequence[dict[str, Any]], concurrency: int
+    engines: Any,
+    run_dir: Path,
+    bodies: Sequence[dict[str, Any]],
+    concurrency: int,
+    check: Check | None = None,
 ) -> list[Plan]:
     """Each body's plan, `concurrency` solves at once as the server ran them (each solve's
     calls recorded apart, so its phases are its own)."""
     plans: list[Plan] = [[] for _ in bodies]
 
     async def one(i: int) -> None:
-        plans[i] = await record(engines, run_dir, bodies[i])
+        plans[i] = await record(engines, run_dir, bodies[i], check)
 
     await _at_once(len(bodies), concurrency, one)
     return plans
@@ -173,7 +205,11 @@ def only(plans: Sequence[Plan], roles: Sequence[str]) -> list[Plan]:
 
 
 async def overhead(
-    url: str, run_dir: Path, engines: Any, bodies: dict[str, list[dict[str, Any]]]
+    url: str,
+    run_dir: Path,
+    engines: Any,
+    bodies: dict[str, list[dict[str, Any]]],
+    check: Check | None = None,
 ) -> dict[str, Any]:
     """/solve against the raw engine calls it makes, question by question, interleaved (the
     server idles while the engines run in-process, and the other way round)."""
@@ -186,7 +222,7 @@ async def overhead(
         for strategy, items in bodies.items():
             solve_s, raw_s, calls = [], [], []
             for body in items:
-                plan = await record(engines, run_dir, body)
+                plan = await record(engines, run_dir, body, check)
                 raw_s.append((await replay(engines, plan))[0])
                 t = time.perf_counter()
                 r = await client.post("/solve", json=body)

@@ -393,8 +393,9 @@ def _bench(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.direct import SIDES, limit, only, overhead, record_plans
+    from bench.direct import SIDES, limit, only, overhead, question_check, record_plans
     from bench.live import LiveServer, load_breakdown, tree_cpu_s
+    from engines.base import Role
     from engines.registry import load_engines
 
     console = Console(stderr=True)
@@ -463,6 +464,7 @@ def _bench(
             # load on a shared machine weighs on both alike.
             progress.update(task, description=f"{where.label}: loading the engines in-process")
             engines = load_engines(where.specs(run_dir))
+            check = question_check(run_dir, where.specs(run_dir)[Role.POLICY])
             progress.advance(task)
             try:
                 results: dict[str, dict[str, Any]] = {}
@@ -508,7 +510,7 @@ def _bench(
                         payload(strategy, qs[i], i, args.max_new_tokens, args.seed)
                         for i in range(counts[top])
                     ]
-                    plans = asyncio.run(record_plans(engines, run_dir, bodies, top))
+                    plans = asyncio.run(record_plans(engines, run_dir, bodies, top, check))
                     progress.advance(task)
                     progress.update(
                         task, description=f"{where.label}: {strategy}, the limit at c{top}"
@@ -532,7 +534,9 @@ def _bench(
                     s: [payload(s, qs[i], i, args.max_new_tokens, args.seed) for i in range(12)]
                     for s in strategies
                 }
-                report["overhead"] = asyncio.run(overhead(server.url, run_dir, engines, bodies_c1))
+                report["overhead"] = asyncio.run(
+                    overhead(server.url, run_dir, engines, bodies_c1, check)
+                )
                 progress.advance(task)
             finally:
                 asyncio.run(engines.close())

@@ -161,3 +161,32 @@ def test_bench_load_soaks_a_live_server_and_plots_memory(
     assert len(report["windows"]) == 3
     assert report["rss_end_mib"] > 50
     assert (tmp_path / "bench-service-load-hf.png").stat().st_size > 1000
+
+
+def test_the_recorded_calls_hold_the_question_check_the_server_runs_beside_a_solve(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from bench.live import Deployment
+    from engines.base import Role
+    from engines.registry import load_engines
+
+    run = service.DEFAULT_RUN  # the shipped default has a question profile
+    specs = Deployment.parse("hf").specs(run)
+    check = direct.question_check(run, specs[Role.POLICY])
+    assert check is not None and direct.question_check(tmp_path, specs[Role.POLICY]) is None
+    engines = load_engines(specs)
+    try:
+        body = {"question": "Mia has 3 apples and buys 4 more. How many apples does she have?"}
+        body |= {"strategy": "greedy", "max_new_tokens": 16}
+        plan = asyncio.run(direct.record(engines, run, body, check))
+        bare = asyncio.run(direct.record(engines, run, body))
+    finally:
+        asyncio.run(engines.close())
+    calls = sorted((c["role"], c["method"]) for phase in plan for c in phase)
+    assert calls == [("orm", "score"), ("policy", "generate"), ("policy", "logprobs")]
+    assert sorted((c["role"], c["method"]) for p in bare for c in p) == [
+        ("orm", "score"),
+        ("policy", "generate"),
+    ]
