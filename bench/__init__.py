@@ -22,3 +22,12 @@ def measured(
 
 def say_wrote(paths: Iterable[Path]) -> None:
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)

@@ -45,6 +45,8 @@ class Deployment:
     scorers: str
     generator_options: Mapping[str, object] = field(default_factory=dict)
     scorer_options: Mapping[str, object] = field(default_factory=dict)
+    # Options of one role over its side's (lower-case role -> options): a remote role's server.
+    role_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str, options: Mapping[str, object] | None = None) -> Deployment:
@@ -63,6 +65,18 @@ class Deployment:
         scorer_options = gen_options if scorers == gen else dict(BENCH_OPTIONS.get(scorers, {}))
         return cls(gen, scorers, gen_options, scorer_options)
 
+    def served_by(self, role_options: Mapping[str, Mapping[str, object]]) -> Deployment:
+        """The same deployment with each named role's own options (e.g. its model server's URL
+        from bench.model_servers.serve_run) over its side's."""
+        from dataclasses import replace
+
+        return replace(self, role_options={**self.role_options, **role_options})
+
+    @property
+    def remote_roles(self) -> list[str]:
+        """The roles served by the `remote` backend (lower case): those needing a model server."""
+        return [r.lower() for r in _ROLES if self.backend(r)[0] == "remote"]
+
     @property
     def label(self) -> str:
         return self.generators if self.scorers == self.generators else str(self)
@@ -71,9 +85,10 @@ class Deployment:
         return f"{self.generators}+{self.scorers}"
 
     def backend(self, role: str) -> tuple[str, Mapping[str, object]]:
+        own = self.role_options.get(role.lower(), {})
         if role.lower() in ("orm", "sorm"):
-            return self.scorers, self.scorer_options
-        return self.generators, self.generator_options
+            return self.scorers, {**self.scorer_options, **own}
+        return self.generators, {**self.generator_options, **own}
 
     def env(self) -> dict[str, str]:
         """GLORE_* settings serving each role on its backend with its options."""

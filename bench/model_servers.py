@@ -159,3 +159,123 @@ def model_server(
         **(env or {}),
     }
     return ModelServer(str(model), port or free_port(), args, full_env)
+
+
+GENERATORS = ("policy", "refine_global", "refine_local")
+SCORERS = ("orm", "sorm")
+
+
+def _is_adapter(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+@dataclass
+class RunServers:
+    """The vLLM servers serving a run's roles remotely, and each role's remote options."""
+
+    servers: list[ModelServer]
+    options: dict[str, dict[str, object]]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> RunServers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_run(
+    run: Path,
+    roles: Sequence[str] = (*GENERATORS, *SCORERS),
+    *,
+    policy_url: str | None = None,
+    scorer_url: str | None = None,
+    ready_timeout_s: float = 900,
+) -> RunServers:
+    """Start, side by side, the vLLM servers `plan_servers` plans, and wait until all are
+    ready; stop them all on a failure."""
+    servers = plan_servers(run, roles, policy_url=policy_url, scorer_url=scorer_url)
+    try:
+        for server in servers.servers:
+            server.start(wait=False)
+        for server in servers.servers:
+            server.wait_ready(ready_timeout_s)
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
+
+
+def plan_servers(
+    run: Path,
+    roles: Sequence[str] = (*GENERATORS, *SCORERS),
+    *,
+    policy_url: str | None = None,
+    scorer_url: str | None = None,
+) -> RunServers:
+    """The vLLM servers (not started) that serve `roles` of `run`, and each role's `remote`
+    options (GLORE_<ROLE>__OPTIONS). Started: one completions server for the policy, with the
+    refiner folders that hold LoRA adapters as its `--lora-modules` (the registry names each
+    adapter after its role), one completions server for each refiner that is a model of its
+    own, and one pooling server for each distinct reward checkpoint, so every role decodes or
+    scores with its own weights. Given: `policy_url` serves every generator (adapters
+    included) and `scorer_url` both reward models."""
+    import json
+
+    generators = [r for r in roles if r in GENERATORS]
+    scorers = [r for r in roles if r in SCORERS]
+    started: list[ModelServer] = []
+    options: dict[str, dict[str, object]] = {}
+    if generators:
+        if policy_url is not None:
+            options |= {r: {"base_url": policy_url} for r in generators}
+        else:
+            adapters = {r: run / r for r in generators if r != "policy" and _is_adapter(run / r)}
+            targets: set[str] = set()
+            for folder in adapters.values():
+                config = json.loads((folder / "adapter_config.json").read_text())
+                targets.update(config.get("target_modules") or [])
+            policy = model_server(
+                run / "policy",
+                served_name="policy",
+                lora_modules=adapters or None,
+                lora_target_modules=sorted(targets) or None,
+            )
+            started.append(policy)
+            for role in generators:
+                if role == "policy" or role in adapters:
+                    options[role] = {"base_url": policy.url, "model": "policy"}
+                else:
+                    own = model_server(run / role, served_name=role)
+                    started.append(own)
+                    options[role] = {"base_url": own.url, "model": role}
+    if scorers:
+        if scorer_url is not None:
+            options |= {r: {"base_url": scorer_url} for r in scorers}
+        else:
+            by_weights: dict[str, tuple[ModelServer, str]] = {}
+            for role in scorers:
+                key = _weights_key(run / role)
+                if key not in by_weights:
+                    server = model_server(run / role, served_name=role, runner="pooling")
+                    by_weights[key] = (server, role)
+                    started.append(server)
+                server, name = by_weights[key]
+                options[role] = {"base_url": server.url, "model": name}
+    return RunServers(started, options)
+
+
+def _weights_key(folder: Path) -> str:
+    """Two role folders with the same weights file share one server."""
+    import hashlib
+
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return str(folder.resolve())
+    digest = hashlib.sha256()
+    for path in weights:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.live import LiveServer, tree_rss
+from bench.live import Deployment, LiveServer, tree_rss
 
-ROLES_GEN = ("policy", "refine_global", "refine_local")
-ROLES_SCORE = ("orm", "sorm")
 TARGETS = {"cold_start_s_max": 3.0, "rss_mib_max": 300.0}
 QUESTION = "Mia has 3 apples and buys 4 more. How many apples does she have?"
 
@@ -26,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy-url",
         help="a running completions server for the policy and refiners (default: start vLLM on "
-        "the run's policy)",
+        "the run's policy, refiner adapters as its LoRA modules, a server for each refiner that "
+        "is a model of its own)",
     )
     parser.add_argument(
         "--scorer-url",
-        help="a running pooling server for the ORM and SORM (default: start vLLM on the run's orm)",
+        help="a running pooling server for the ORM and SORM (default: start a vLLM pooling "
+        "server for each distinct reward checkpoint)",
     )
     parser.add_argument("--starts", type=int, default=3, help="cold starts to time (default 3)")
     parser.add_argument(
@@ -40,18 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports"), help="report folder")
 
 
-def _env(policy_url: str, scorer_url: str, policy_model: str | None) -> dict[str, str]:
-    env = {"OMP_NUM_THREADS": "1", "GLORE_LOG_LEVEL": "WARNING"}
-    for role in ROLES_GEN:
-        options: dict[str, Any] = {"base_url": policy_url}
-        if policy_model:
-            options["model"] = policy_model
-        env[f"GLORE_{role.upper()}__BACKEND"] = "remote"
-        env[f"GLORE_{role.upper()}__OPTIONS"] = json.dumps(options)
-    for role in ROLES_SCORE:
-        env[f"GLORE_{role.upper()}__BACKEND"] = "remote"
-        env[f"GLORE_{role.upper()}__OPTIONS"] = json.dumps({"base_url": scorer_url})
-    return env
+def remote_env(role_options: dict[str, dict[str, object]]) -> dict[str, str]:
+    """A replica's environment with every role remote, each on its server (bench service's
+    remote deployment builds the same settings from the same Deployment)."""
+    where = Deployment.parse("remote").served_by(role_options)
+    return {"OMP_NUM_THREADS": "1", "GLORE_LOG_LEVEL": "WARNING", **where.env()}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -94,24 +87,14 @@ def _load(url: str, requests: int, concurrency: int) -> dict[str, Any]:
 
 
 def bench_orchestrator(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.model_servers import model_server
+    from bench.model_servers import serve_run
 
     run = args.run or Path("models/tiny")
-    started = []
+    # The servers start side by side; each takes a while on a small CPU.
+    servers = serve_run(run, policy_url=args.policy_url, scorer_url=args.scorer_url)
+    started = servers.servers
     try:
-        policy_url, scorer_url, model = args.policy_url, args.scorer_url, None
-        # Both servers start side by side; each takes a while on a small CPU.
-        if policy_url is None:
-            server = model_server(run / "policy", served_name="policy")
-            started.append(server.start(wait=False))
-            policy_url, model = server.url, "policy"
-        if scorer_url is None:
-            server = model_server(run / "orm", served_name="orm", runner="pooling")
-            started.append(server.start(wait=False))
-            scorer_url = server.url
-        for server in started:
-            server.wait_ready()
-        env = _env(policy_url, scorer_url, model)
+        env = remote_env(servers.options)
         starts = []
         for i in range(args.starts):
             with LiveServer(run, env, ready_timeout_s=120) as live:
@@ -129,8 +112,7 @@ def bench_orchestrator(args: argparse.Namespace) -> dict[str, Any]:
                 entry["peak_rss_mib"] = round(live.peak_rss / 2**20, 1)
                 starts.append(entry)
     finally:
-        for server in started:
-            server.stop()
+        servers.stop()
     cold = [s["cold_start_s"] for s in starts]
     peak = max(max(s["peak_rss_mib"], s["rss_ready_mib"]) for s in starts)
     report = {

@@ -91,6 +91,13 @@ class RemoteOptions(EngineOptions):
     max_keepalive_connections: int = Field(
         default=16, ge=0, description="Idle connections kept open for reuse."
     )
+    keepalive_expiry_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long an idle connection is kept for reuse, seconds: below the "
+        "server's own keep-alive timeout (vLLM's uvicorn: 5 s), or a call sent as the server "
+        "closes the connection is lost.",
+    )
     retries: int = Field(
         default=3,
         ge=0,
@@ -207,6 +214,7 @@ class _Server:
                     limits=httpx.Limits(
                         max_connections=o.max_connections,
                         max_keepalive_connections=o.max_keepalive_connections,
+                        keepalive_expiry=o.keepalive_expiry_s,
                     ),
                 )
                 self._clients[loop] = client

@@ -1,5 +1,6 @@
 """`glore bench service` and `glore bench load` on the tiny checkpoints, scaled down: the reports
-they write hold real measurements of a live server; the call replay groups calls as they ran."""
+they write hold real measurements of a live server, and of the same engine calls made directly
+(the limit); the call replay groups calls as they ran."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import load, service
+import pytest
+
+from bench import direct, load, service
 from tests.support.tiny_models import TinyCheckpoints
 
 
@@ -26,7 +29,7 @@ def test_phases_put_overlapping_calls_together_and_keep_their_order() -> None:
         {"role": "refine_global", "start": 1.6, "end": 3.0},
         {"role": "orm", "start": 3.1, "end": 3.2},  # rerank
     ]
-    groups = service.phases(calls)
+    groups = direct.phases(calls)
     assert [[c["role"] for c in g] for g in groups] == [
         ["policy"],
         ["orm", "sorm"],
@@ -96,17 +99,27 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
     assert report["overhead"]["glore_always"]["engine_calls_per_solve"] == 6
     summary = report["summary"]
     assert summary["errors_5xx"] == 0
-    assert set(summary["batching_speedup"]["by_strategy"]) == {
-        "greedy",
-        "best_of_3",
-        "glore_always",
-    }
+    share = summary["share_of_limit"]
+    assert share["concurrency"] == 4
+    assert set(share["by_strategy"]) == {"greedy", "best_of_3", "glore_always"}
+    for strategy, limit in report["limit"].items():
+        # The direct replay made the calls glore made for the same requests: same count, and
+        # the same tokens give or take a sampled token's luck in a different batch.
+        mine = report["strategies"][strategy]["4"]
+        assert limit["requests"] == 16 and limit["concurrency"] == 4
+        assert limit["tokens_per_request"] == pytest.approx(mine["tokens_per_request"], rel=0.1)
+        # glore measured again beside the direct calls, on the same 16 requests.
+        assert limit["glore_statuses"] == {"200": 16}
+        assert share["by_strategy"][strategy] == pytest.approx(
+            limit["glore_throughput_rps"] / limit["throughput_rps"]
+        )
+    assert report["limit"]["greedy"]["engine_calls_per_request"] == 2
     assert summary["glore_vs_best_of_3"]["glore_always"]["tokens_ratio"] > 0
     # Targets as data: one row per target and strategy, its verdict agreeing with its numbers.
     rows = report["targets"]
     assert {(t["name"], t["strategy"]) for t in rows} == {
         *(("overhead_solve_over_raw_c1", k) for k in ("greedy", "best_of_3", "glore_always")),
-        *(("throughput_c4_over_c1", k) for k in ("greedy", "best_of_3", "glore_always")),
+        *(("share_of_limit_c4", k) for k in ("greedy", "best_of_3", "glore_always")),
     }
     for t in rows:
         assert t["backend"] == "hf"
@@ -118,6 +131,7 @@ def test_bench_service_measures_a_live_server_and_writes_both_reports(
     assert json.loads((tmp_path / "bench-service.json").read_text())["targets"] == rows
     text = (tmp_path / "bench-service-hf.md").read_text()
     assert "load average" in text and "≤ 1.15" in text and "cold start split" in text
+    assert "share of the limit at c4" in text and "≥ 0.85" in text
     assert "| figure | target | hf |" in (tmp_path / "bench-service.md").read_text()
 
 
@@ -147,3 +161,32 @@ def test_bench_load_soaks_a_live_server_and_plots_memory(
     assert len(report["windows"]) == 3
     assert report["rss_end_mib"] > 50
     assert (tmp_path / "bench-service-load-hf.png").stat().st_size > 1000
+
+
+def test_the_recorded_calls_hold_the_question_check_the_server_runs_beside_a_solve(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from bench.live import Deployment
+    from engines.base import Role
+    from engines.registry import load_engines
+
+    run = service.DEFAULT_RUN  # the shipped default has a question profile
+    specs = Deployment.parse("hf").specs(run)
+    check = direct.question_check(run, specs[Role.POLICY])
+    assert check is not None and direct.question_check(tmp_path, specs[Role.POLICY]) is None
+    engines = load_engines(specs)
+    try:
+        body = {"question": "Mia has 3 apples and buys 4 more. How many apples does she have?"}
+        body |= {"strategy": "greedy", "max_new_tokens": 16}
+        plan = asyncio.run(direct.record(engines, run, body, check))
+        bare = asyncio.run(direct.record(engines, run, body))
+    finally:
+        asyncio.run(engines.close())
+    calls = sorted((c["role"], c["method"]) for phase in plan for c in phase)
+    assert calls == [("orm", "score"), ("policy", "generate"), ("policy", "logprobs")]
+    assert sorted((c["role"], c["method"]) for p in bare for c in p) == [
+        ("orm", "score"),
+        ("policy", "generate"),
+    ]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench.service import pipeline_config as bench_pipeline_config
+from bench.direct import pipeline_config as bench_pipeline_config
 from engines.reranker import ORM_RERANKER
 from glore.app import create_app
 from service.pipeline import LocalWhenUnflagged, PipelineConfig, RefineMode, StrategyName
