@@ -20,6 +20,17 @@ def measured(
         return None
 
 
+def write_report(out: Path, name: str, report: dict[str, Any], markdown: str) -> list[Path]:
+    """reports/bench-NAME.json and .md under `out` (made if missing); the paths written."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"bench-{name}.json", out / f"bench-{name}.md"]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    paths[1].write_text(markdown)
+    return paths
+
+
 def say_wrote(paths: Iterable[Path]) -> None:
     print("wrote " + ", ".join(str(p) for p in paths))
 

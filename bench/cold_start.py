@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import write_report
 from bench.live import Deployment, LiveServer, load_breakdown, tree_cpu_seconds
 from engines.base import Role
 
@@ -130,8 +131,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report = bench_cold_start(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench-cold-start.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "bench-cold-start.md").write_text(markdown(report))
-    print(markdown(report))
+    text = markdown(report)
+    write_report(args.out, "cold-start", report, text)
+    print(text)
     return 0 if report["target"]["met"] else 1

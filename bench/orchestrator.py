@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import write_report
 from bench.live import Deployment, LiveServer, tree_rss
 
 TARGETS = {"cold_start_s_max": 3.0, "rss_mib_max": 300.0}
@@ -184,8 +184,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report = bench_orchestrator(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench-orchestrator.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "bench-orchestrator.md").write_text(markdown(report))
-    print(markdown(report))
+    text = markdown(report)
+    write_report(args.out, "orchestrator", report, text)
+    print(text)
     return 0 if all(t["met"] for t in report["targets"]) else 1
