@@ -416,13 +416,9 @@ class _Builder:
                 # "Ann has 3 boxes of 12 pencils and gives away 5": groups and an update at once.
                 joined = self.phrase(START_GROUPS2) if budget > 2 else None
                 if joined is not None and rng.random() < cfg.clause_prob:
-                    for op in rng.sample(self.ops, len(self.ops)):
-                        then = self.predicate(op)
-                        if then is not None:
-                            x, k, result, named2 = then
-                            self.commit(who, STEP_UPDATE, op, n * c, k, result)
-                            text, named = joined.replace("{x}", x), named | named2
-                            break
+                    update = self.update_clause(who, n * c)
+                    if update is not None:
+                        text, named = joined.replace("{x}", update[0]), named | update[1]
                 sentence = text.format(p=who, n=n, box=box, c=c, obj=self.obj)
                 self.say(sentence, who, named)
                 return True
@@ -431,19 +427,29 @@ class _Builder:
         # "Tom has 3 apples and buys 4 more.": the amount and an update at once.
         joined = self.phrase(START2) if budget > 1 else None
         if joined is not None and rng.random() < cfg.clause_prob:
-            for op in rng.sample(self.ops, len(self.ops)):
-                then = self.predicate(op)
-                if then is not None:
-                    x, k, result, named = then
-                    self.commit(who, STEP_UPDATE, op, v, k, result)
-                    pronoun = _capital(self.people[who])
-                    sentence = joined.format(p=who, P=pronoun, v=v, obj=self.obj, x=x)
-                    self.say(sentence, who, {who} | named)
-                    return True
+            update = self.update_clause(who, v)
+            if update is not None:
+                x, named = update
+                pronoun = _capital(self.people[who])
+                sentence = joined.format(p=who, P=pronoun, v=v, obj=self.obj, x=x)
+                self.say(sentence, who, {who} | named)
+                return True
         text = self.phrase(START)
         assert text is not None
         self.say(text.format(p=who, v=v, obj=self.obj), who, {who})
         return False
+
+    def update_clause(self, who: str, a: int) -> tuple[str, set[str]] | None:
+        """An update of `who` said in the same sentence as its start: the first operation (in
+        a random order) with a predicate, committed as a step from `a`; (predicate text, people
+        it names), or None when no operation fits."""
+        for op in self.rng.sample(self.ops, len(self.ops)):
+            then = self.predicate(op)
+            if then is not None:
+                x, k, result, named = then
+                self.commit(who, STEP_UPDATE, op, a, k, result)
+                return x, named
+        return None
 
     def predicate(self, op: Operation) -> tuple[str, int, int, set[str]] | None:
         """An update of the focus: (predicate text, k, result, people it names) or None."""
